@@ -1,0 +1,1 @@
+"""r2b: binary neural networks with Real-to-Binary convolutions."""

@@ -1,0 +1,289 @@
+"""ResNet-18 family: the real teacher, the strong baseline and Real-to-Binary (METHOD.md section 2).
+
+Binary half block (paper Sec. 4.1, Fig. 1), one per binary conv::
+
+    y   = BN(x)                       real input; BN's bias acts as a learnable threshold
+    c   = BinaryConv3x3(q(y))         q = tanh (fp), sign (ban, bnn); weights sign(W) in bnn
+    c   = c * s          (strong baseline: learned per-channel scale)
+        | c * G(y)       (Real-to-Binary: data-driven gate fed by y)
+    out = PReLU(c) + shortcut(x)      shortcut: identity, or AvgPool2x2 -> 1x1 conv -> BN
+
+Two half blocks make a basic block; its output (after the second shortcut add) is one of the 8
+transfer points of attention matching, returned by ``forward_with_features``.
+
+The teacher is a standard ResNet-18 (He et al. 2016) with torchvision's parameter names, so
+torchvision's ImageNet weights load into the ImageNet-stem model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from r2b.layers import BinaryConv2d, Gate, LearnedScale
+from r2b.models.registry import register_model
+
+STEMS = ("imagenet", "cifar")
+STAGES = ("fp", "ban", "bnn")
+BASE_WIDTHS = (64, 128, 256, 512)
+GATE_REDUCTION = 8
+
+#: (input quantizer, weight quantizer) of each training step; "sign" is the chosen sign quantizer.
+_STAGE_QUANTIZERS = {"fp": ("tanh", None), "ban": ("sign", None), "bnn": ("sign", "sign")}
+
+
+def _widths(width: float) -> list[int]:
+    if width <= 0:
+        raise ValueError(f"width must be positive, got {width}")
+    return [max(1, round(c * width)) for c in BASE_WIDTHS]
+
+
+def _check(stem: str, stage: str | None = None) -> None:
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; choose one of {', '.join(STEMS)}")
+    if stage is not None and stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+
+
+def _block_plan(widths: list[int]) -> list[tuple[int, int, int]]:
+    """(in_channels, out_channels, stride) of the 8 basic blocks of a ResNet-18."""
+    plan, c_in = [], widths[0]
+    for i, c_out in enumerate(widths):
+        for j in range(2):
+            stride = 2 if (i > 0 and j == 0) else 1
+            plan.append((c_in, c_out, stride))
+            c_in = c_out
+    return plan
+
+
+# --------------------------------------------------------------------------- real teacher
+
+
+class BasicBlock(nn.Module):
+    """Standard residual block: conv-BN-ReLU, conv-BN, add shortcut, ReLU (torchvision names)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.downsample = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class ResNet18(nn.Module):
+    """Real-valued ResNet-18 teacher; ``stem="cifar"`` uses a 3x3 stride-1 conv and no max-pool."""
+
+    def __init__(self, num_classes: int = 1000, stem: str = "imagenet", width: float = 1.0):
+        super().__init__()
+        _check(stem)
+        widths = _widths(width)
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(3, widths[0], 7, 2, 3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+        else:
+            self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+            self.maxpool = nn.Identity()
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        plan = _block_plan(widths)
+        for i in range(4):
+            blocks = [BasicBlock(*plan[2 * i + j]) for j in range(2)]
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(widths[-1], num_classes)
+        _init_weights(self)
+
+    def blocks(self) -> list[nn.Module]:
+        """The 8 basic blocks in order."""
+        return [b for i in range(4) for b in getattr(self, f"layer{i + 1}")]
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        features = []
+        for block in self.blocks():
+            x = block(x)
+            features.append(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1)), features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_features(x)[0]
+
+
+# --------------------------------------------------------------------------- binary family
+
+
+class Downsample(nn.Module):
+    """Real shortcut of a downsampling half block: AvgPool 2x2/2 -> 1x1 conv (no bias) -> BN."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.pool = nn.AvgPool2d(stride, stride) if stride > 1 else nn.Identity()
+        self.conv = nn.Conv2d(c_in, c_out, 1, bias=False)
+        self.bn = nn.BatchNorm2d(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(self.pool(x)))
+
+
+class HalfBlock(nn.Module):
+    """One binary conv with its BN, scaling, PReLU and shortcut (see the module docstring)."""
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        stride: int,
+        scaling: str,
+        input_quantizer: str,
+        weight_quantizer: str | None,
+        weight_scale: bool,
+        pad_value: float,
+    ) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(c_in)
+        self.conv = BinaryConv2d(
+            c_in, c_out, 3, stride, 1,
+            input_quantizer=input_quantizer,
+            weight_quantizer=weight_quantizer,
+            pad_value=pad_value,
+            weight_scale=weight_scale,
+        )  # fmt: skip
+        if scaling == "scale":
+            self.scale = LearnedScale(c_out)
+        elif scaling == "gate":
+            self.gate = Gate(c_in, c_out, GATE_REDUCTION)
+        else:
+            raise ValueError(f"unknown scaling {scaling!r}; choose 'scale' or 'gate'")
+        self.act = nn.PReLU(c_out)
+        self.shortcut = (
+            Downsample(c_in, c_out, stride) if (stride != 1 or c_in != c_out) else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(x)
+        c = self.conv(y)
+        c = c * self.gate(y) if hasattr(self, "gate") else self.scale(c)
+        return self.act(c) + self.shortcut(x)
+
+
+class BinaryBasicBlock(nn.Module):
+    """Two half blocks; the output is a transfer point of attention matching."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, **half_kwargs) -> None:
+        super().__init__()
+        self.half1 = HalfBlock(c_in, c_out, stride, **half_kwargs)
+        self.half2 = HalfBlock(c_out, c_out, 1, **half_kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.half2(self.half1(x))
+
+
+class BinaryResNet18(nn.Module):
+    """Binary ResNet-18 with double skips: the strong baseline (``scaling="scale"``) or
+    Real-to-Binary (``scaling="gate"``), in the training step ``stage`` (fp, ban or bnn).
+
+    ``activation_quantizer`` names the sign quantizer ("ste_sign" or "approx_sign"); in ``bnn``
+    the weights use ``ste_sign``. ``weight_scale`` multiplies binary convs by mean|W| in ``bnn``.
+    ``pad_value`` is the constant that binary convs pad their quantized input with.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        stem: str = "imagenet",
+        width: float = 1.0,
+        stage: str = "bnn",
+        scaling: str = "gate",
+        activation_quantizer: str = "ste_sign",
+        weight_scale: bool = True,
+        pad_value: float = 1.0,
+    ) -> None:
+        super().__init__()
+        _check(stem, stage)
+        self.stage = stage
+        widths = _widths(width)
+        q_in, q_w = _STAGE_QUANTIZERS[stage]
+        q_in = activation_quantizer if q_in == "sign" else q_in
+        q_w = "ste_sign" if q_w == "sign" else None
+        stem_layers = [
+            nn.Conv2d(3, widths[0], 7 if stem == "imagenet" else 3,
+                      2 if stem == "imagenet" else 1, 3 if stem == "imagenet" else 1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.PReLU(widths[0]),
+        ]  # fmt: skip
+        if stem == "imagenet":
+            stem_layers.append(nn.MaxPool2d(3, 2, 1))
+        self.stem = nn.Sequential(*stem_layers)
+        half_kwargs = dict(
+            scaling=scaling, input_quantizer=q_in, weight_quantizer=q_w,
+            weight_scale=weight_scale, pad_value=pad_value,
+        )  # fmt: skip
+        self.blocks = nn.ModuleList(
+            BinaryBasicBlock(*plan, **half_kwargs) for plan in _block_plan(widths)
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(widths[-1], num_classes)
+        _init_weights(self)
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x = self.stem(x)
+        features = []
+        for block in self.blocks:
+            x = block(x)
+            features.append(x)
+        return self.fc(torch.flatten(self.pool(x), 1)), features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_features(x)[0]
+
+    def binary_convs(self) -> list[BinaryConv2d]:
+        """The 16 binary convolutions in order."""
+        return [m for m in self.modules() if isinstance(m, BinaryConv2d)]
+
+
+def _init_weights(model: nn.Module) -> None:
+    """Kaiming-normal convs (fan-out, as torchvision's ResNet); BN weight 1, bias 0."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+# --------------------------------------------------------------------------- registered builders
+
+
+@register_model("resnet18")
+def resnet18(num_classes: int = 1000, stem: str = "imagenet", width: float = 1.0) -> ResNet18:
+    """Real ResNet-18: the teacher of the first step."""
+    return ResNet18(num_classes, stem, width)
+
+
+@register_model("sb_resnet18")
+def sb_resnet18(
+    num_classes: int = 1000, stem: str = "imagenet", width: float = 1.0, stage: str = "bnn",
+    **options,
+) -> BinaryResNet18:  # fmt: skip
+    """Strong baseline: binary ResNet-18, learned per-channel output scale (paper Sec. 4.1)."""
+    return BinaryResNet18(num_classes, stem, width, stage, scaling="scale", **options)
+
+
+@register_model("r2b_resnet18")
+def r2b_resnet18(
+    num_classes: int = 1000, stem: str = "imagenet", width: float = 1.0, stage: str = "bnn",
+    **options,
+) -> BinaryResNet18:  # fmt: skip
+    """Real-to-Binary: binary ResNet-18 with the data-driven gate (paper Sec. 4.2)."""
+    return BinaryResNet18(num_classes, stem, width, stage, scaling="gate", **options)

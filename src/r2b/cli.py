@@ -1,0 +1,84 @@
+"""The ``r2b`` command line: each subcommand is a thin call of a library function.
+
+Subcommands register through ``COMMANDS``: a list of ``(add_parser, run)`` pairs, where
+``add_parser(subparsers)`` adds the subcommand's parser and sets ``func=run`` on it.
+A ``UserError`` becomes one line on stderr and exit status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from r2b.errors import UserError
+
+
+def _add_summary(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("summary", help="per-layer parameters, size, BOPs, FLOPs and OPs of a model")
+    p.add_argument("model", help="registered model name (see `r2b summary --list`) or checkpoint")
+    p.add_argument("--input-size", type=int, default=224, help="square input side in pixels")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (1000)")
+    p.add_argument("--stem", choices=["imagenet", "cifar"], default=None)
+    p.add_argument("--stage", choices=["fp", "ban", "bnn"], default=None)
+    p.add_argument("--width", type=float, default=None, help="width multiplier (1.0)")
+    p.add_argument("--json", action="store_true", help="print only the totals as JSON")
+    p.set_defaults(func=_run_summary)
+
+
+def _run_summary(args: argparse.Namespace) -> int:
+    from r2b.summary import summary_command
+
+    print(summary_command(args))
+    return 0
+
+
+def _command_table() -> list:
+    """Subcommand parsers; optional parts register only when their module imports."""
+    commands = [_add_summary]
+    try:
+        from r2b.train.cli import add_eval_parser, add_train_parser
+
+        commands += [add_train_parser, add_eval_parser]
+    except ImportError:
+        pass
+    try:
+        from r2b.packed.cli import add_bench_parser, add_export_parser
+
+        commands += [add_export_parser, add_bench_parser]
+    except ImportError:
+        pass
+    return commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="r2b",
+        description="Binary neural networks with Real-to-Binary convolutions (ICLR 2020).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in _command_table():
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        argv = ["train"] if "train" in parser._subparsers._group_actions[0].choices else ["-h"]
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""Reports of a training run: a Markdown results table and PNG plots (headless, Agg).
+
+Inputs, as the training pipeline writes them into a run directory::
+
+    RUN/results.json            {"stages": [STAGE, ...], optional "title", "dataset", "device"}
+    RUN/<stage name>/metrics.csv one row per epoch (the row of epoch 0 may hold only the test
+                                 accuracy before training); empty cells are missing values
+
+STAGE fields (accuracies in percent, 0-100; missing fields print as "-"):
+``name`` (str), ``model`` (registered model name), ``variant`` (e.g. "fp", "ban", "bnn" or
+"real"), ``teacher`` (stage name or null), ``epochs`` (int), ``top1`` / ``top5`` (test accuracy
+after the last epoch), ``best_top1`` / ``best_epoch`` (best test top-1 and its epoch),
+optional ``best_top5`` (top-5 at the best epoch), ``seconds`` (training time), optional
+``dir`` (stage folder relative to RUN, default ``name``) and ``metrics`` (metrics.csv path relative
+to RUN, default ``<dir>/metrics.csv``).
+
+metrics.csv columns read: ``epoch``, the training loss (``train_loss`` or ``loss``), ``test_top1``;
+others (``step, ce, kd, att, test_top5, lr, flip_ratio``, ...) are ignored by the plots.
+
+- ``results_table(results) -> str``: one row per stage: stage, model, variant, teacher, epochs,
+  best top-1 (with its epoch), top-5 (at the best epoch when ``best_top5`` is given, else after
+  the last epoch), final top-1, training time.
+- ``plot_curves({stage: metrics.csv}, out_png)``: training loss and test top-1 against epochs,
+  stages laid end to end on one epoch axis (dotted lines mark where a stage starts).
+- ``plot_attention(teacher, student, images, out_png)``: for a few images, the input and the
+  teacher's and student's attention maps ``Q = sum_c |A_c|^2`` (``r2b.losses.attention_map``) at
+  some of the 8 transfer points, side by side; each map scaled to [0, 1] for display.
+- ``write_report(run_dir)``: writes ``curves.png`` and ``report.md`` (table, plots, links to every
+  PNG in the run folder, e.g. ``attention.png`` made by the trainer with ``plot_attention``).
+
+Figures use ``matplotlib.figure.Figure`` directly (the Agg canvas, no pyplot state, no display).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from r2b.errors import UserError
+from r2b.losses import attention_map
+
+TABLE_COLUMNS = (
+    "stage", "model", "variant", "teacher", "epochs", "best top-1", "top-5", "final top-1", "time",
+)  # fmt: skip
+DEFAULT_POINTS = (1, 3, 5, 7)  # last block of each of the 4 ResNet stages
+CURVES_PNG = "curves.png"
+REPORT_MD = "report.md"
+
+
+# --------------------------------------------------------------------------- table
+
+
+def _num(value, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{float(value):.{digits}f}"
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "-"
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def _row(stage: Mapping) -> list[str]:
+    best = _num(stage.get("best_top1"))
+    if best != "-" and stage.get("best_epoch") is not None:
+        best = f"{best} (ep {stage['best_epoch']})"
+    top5 = stage.get("best_top5", stage.get("top5"))
+    return [
+        str(stage.get("name", "-")),
+        str(stage.get("model") or "-"),
+        str(stage.get("variant") or "-"),
+        str(stage.get("teacher") or "-"),
+        str(stage.get("epochs", "-")),
+        best,
+        _num(top5),
+        _num(stage.get("top1")),
+        _duration(stage.get("seconds")),
+    ]
+
+
+def results_table(results: Mapping) -> str:
+    """Markdown table of ``results["stages"]`` (see the module docstring), columns aligned."""
+    stages = results.get("stages")
+    if not isinstance(stages, list):
+        raise ValueError('results must hold a list under "stages"')
+    rows = [list(TABLE_COLUMNS)] + [_row(s) for s in stages]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_COLUMNS))]
+    numeric = {4, 5, 6, 7, 8}
+
+    def line(cells: list[str]) -> str:
+        padded = [
+            c.rjust(w) if i in numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths))
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = [("-" * (w + 1) + ":") if i in numeric else "-" * (w + 2) for i, w in enumerate(widths)]
+    rule = "|" + "|".join(rule) + "|"
+    return "\n".join([line(rows[0]), rule] + [line(r) for r in rows[1:]])
+
+
+# --------------------------------------------------------------------------- curves
+
+
+def read_metrics(path: str | Path) -> dict[str, list[float]]:
+    """Columns of a metrics.csv as float lists (empty or unparsable cells -> NaN)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns: dict[str, list[float]] = {}
+    for row in rows:
+        for key, value in row.items():
+            columns.setdefault(key, []).append(_float(value))
+    return columns
+
+
+def _float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def plot_curves(metrics_csv_paths: Mapping[str, str | Path], out_png: str | Path) -> Path:
+    """Training loss and test top-1 per epoch of each stage, stages end to end; returns the path."""
+    fig = Figure(figsize=(10, 4), dpi=120, layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    offset = 0.0
+    for i, (name, path) in enumerate(metrics_csv_paths.items()):
+        m = read_metrics(path)
+        epochs = m.get("epoch", [])
+        loss = _first_present(m, ("train_loss", "loss"), len(epochs))
+        top1 = m.get("test_top1", [math.nan] * len(epochs))
+        x = [offset + e for e in epochs]
+        color = f"C{i % 10}"
+        _plot_present(ax_loss, x, loss, color, name)
+        _plot_present(ax_acc, x, top1, color, name)
+        if i:
+            for ax in (ax_loss, ax_acc):
+                ax.axvline(offset, color="0.6", linestyle=":", linewidth=1)
+        offset += max((e for e in epochs if not math.isnan(e)), default=0.0)
+    ax_loss.set(title="training loss", xlabel="epoch (stages end to end)", ylabel="loss")
+    ax_acc.set(title="test top-1", xlabel="epoch (stages end to end)", ylabel="top-1 (%)")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    return _save(fig, out_png)
+
+
+def _first_present(columns: Mapping[str, list[float]], keys: Sequence[str], n: int) -> list[float]:
+    """The first of ``keys`` with any value; all NaN when none has."""
+    for key in keys:
+        if any(not math.isnan(v) for v in columns.get(key, [])):
+            return columns[key]
+    return [math.nan] * n
+
+
+def _plot_present(ax, x: Sequence[float], y: Sequence[float], color: str, label: str) -> None:
+    pts = [(a, b) for a, b in zip(x, y) if not (math.isnan(a) or math.isnan(b))]
+    if pts:
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, marker="o", markersize=3, color=color, label=label)
+
+
+def _save(fig: Figure, out_png: str | Path) -> Path:
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    return out
+
+
+# --------------------------------------------------------------------------- attention
+
+
+@torch.no_grad()
+def _attention(model: nn.Module, images: torch.Tensor, points: Sequence[int]) -> list[torch.Tensor]:
+    """(N, H, W) attention maps at ``points``, each map scaled to max 1, on the CPU."""
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        _, feats = model.forward_with_features(images.to(device))
+    finally:
+        model.train(was_training)
+    maps = []
+    for p in points:
+        a = feats[p]
+        q = attention_map(a).view(a.shape[0], *a.shape[-2:]).float().cpu()
+        maps.append(q / q.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12))
+    return maps
+
+
+def _displayable(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """(N, H, W, 3) in [0, 1] for imshow: undo normalisation, or scale uint8."""
+    x = images.detach().float().cpu()
+    if not images.dtype.is_floating_point:
+        x = x / 255
+    elif mean is not None and std is not None:
+        x = x * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+    return x.clamp(0, 1).permute(0, 2, 3, 1)
+
+
+def plot_attention(
+    teacher: nn.Module,
+    student: nn.Module,
+    images: torch.Tensor,
+    out_png: str | Path,
+    points: Sequence[int] = DEFAULT_POINTS,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    titles: Sequence[str] | None = None,
+) -> Path:
+    """Teacher vs student attention maps at transfer ``points`` (indices 0-7) for each image.
+
+    ``images``: the model input (N, 3, H, W), normalised float; give ``mean``/``std`` to show it
+    un-normalised (a uint8 batch is shown as is, and converted with ``mean``/``std`` for the
+    models). One row per image: the input, then teacher and student maps for each point.
+    ``titles`` optionally labels the rows (e.g. class names). Returns the PNG path.
+    """
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(
+            f"images must be a non-empty batch (N, 3, H, W), got {tuple(images.shape)}"
+        )
+    model_input = images
+    if not images.dtype.is_floating_point:
+        model_input = images.float() / 255
+        if mean is not None and std is not None:
+            m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+            model_input = (model_input - m) / s
+    t_maps = _attention(teacher, model_input, points)
+    s_maps = _attention(student, model_input, points)
+    shown = _displayable(images, mean, std)
+    n, cols = images.shape[0], 1 + 2 * len(points)
+    fig = Figure(figsize=(1.35 * cols, 1.45 * n + 0.3), dpi=120, layout="constrained")
+    axes = fig.subplots(n, cols, squeeze=False)
+    for r in range(n):
+        axes[r][0].imshow(shown[r].numpy(), interpolation="nearest")
+        if titles is not None:
+            axes[r][0].set_ylabel(str(titles[r]), fontsize=8)
+        for j, p in enumerate(points):
+            for k, (who, maps) in enumerate((("teacher", t_maps), ("student", s_maps))):
+                ax = axes[r][1 + 2 * j + k]
+                ax.imshow(maps[j][r].numpy(), cmap="inferno", vmin=0, vmax=1,
+                          interpolation="bilinear")  # fmt: skip
+                if r == 0:
+                    ax.set_title(f"{who}\nblock {p + 1}", fontsize=8)
+    axes[0][0].set_title("input", fontsize=8)
+    for ax in (a for row in axes for a in row):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return _save(fig, out_png)
+
+
+# --------------------------------------------------------------------------- report.md
+
+
+def load_results(run_dir: str | Path) -> dict:
+    """``run_dir/results.json`` as a dict; ``UserError`` when missing or unreadable."""
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise UserError(f"{path} not found; give the folder of a finished training run")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON ({err}); rerun training to rewrite it") from err
+    if not isinstance(results.get("stages"), list):
+        raise UserError(f'{path} has no "stages" list; rerun training to rewrite it')
+    return results
+
+
+def stage_metrics(run_dir: str | Path, results: Mapping) -> dict[str, Path]:
+    """{stage name: metrics.csv path} for the stages whose metrics file exists."""
+    run_dir = Path(run_dir)
+    found = {}
+    for stage in results["stages"]:
+        name = str(stage.get("name"))
+        rel = stage.get("metrics") or f"{stage.get('dir') or name}/metrics.csv"
+        if (run_dir / rel).is_file():
+            found[name] = run_dir / rel
+    return found
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``curves.png`` and ``report.md`` into ``run_dir``; returns the report's path."""
+    run_dir = Path(run_dir)
+    results = load_results(run_dir)
+    metrics = stage_metrics(run_dir, results)
+    lines = [f"# {results.get('title') or 'r2b training report'}", ""]
+    facts = [f"{k}: {results[k]}" for k in ("dataset", "device") if results.get(k)]
+    if facts:
+        lines += ["; ".join(facts), ""]
+    note = "Accuracies in percent on the test split; best top-1 with its epoch."
+    lines += ["## Results", "", results_table(results), "", note, ""]
+    if metrics:
+        plot_curves(metrics, run_dir / CURVES_PNG)
+        lines += ["## Training curves", "", f"![training curves]({CURVES_PNG})", ""]
+    others = sorted(p.name for p in run_dir.glob("*.png") if p.name != CURVES_PNG)
+    if others:
+        lines += ["## Figures", ""]
+        lines += [f"![{Path(name).stem}]({name})" for name in others] + [""]
+    links = [f"[{p}]({p})" for p in ("config.yaml", "results.json") if (run_dir / p).is_file()]
+    links += [f"[{n} metrics]({p.relative_to(run_dir).as_posix()})" for n, p in metrics.items()]
+    if links:
+        lines += ["## Files", "", ", ".join(links), ""]
+    out = run_dir / REPORT_MD
+    out.write_text("\n".join(lines))
+    return out

@@ -1,0 +1,154 @@
+"""``r2b train`` and ``r2b eval``: thin command-line calls of the pipeline and the evaluator.
+
+- ``r2b train`` with no arguments runs the built-in quick recipe (``r2b.train.recipes``) into a
+  new ``runs/<name>-<time>`` folder.
+- ``r2b train --config FILE [--set KEY=VALUE ...] [--out DIR] [--resume]``; with ``--resume`` the
+  run's saved ``config.yaml`` is the base (``--set runtime.*`` may still change devices).
+- ``r2b eval CHECKPOINT [--data NAME|DIR] [--root DIR]``: top-1/top-5 of a weights file on the
+  test split of the data it was trained on, or of the given data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from r2b.errors import UserError
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="run a staged training pipeline (default: the quick Real-to-Binary run, CPU)",
+        description="Run a training pipeline. With no arguments: the quick 4-stage Real-to-Binary "
+        "run on the embedded CIFAR-10 subset. Multi-GPU/multi-node: run the same command "
+        "under torchrun.",
+    )
+    p.add_argument("--config", "-c", help="YAML recipe (e.g. configs/cifar10/r2b.yaml)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key, e.g. stages.bnn.epochs=2, stages.*.batch_size=64, "
+        "data.root=/data (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--out", "-o", help="run folder (default: a new runs/<name>-<time>)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
+    p.set_defaults(func=run_train)
+
+
+def add_eval_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="top-1/top-5 of a checkpoint on a test split")
+    p.add_argument("checkpoint", help="weights file (best.safetensors / last.safetensors)")
+    p.add_argument(
+        "--data", help="dataset name (default, cifar10, cifar100, folder) or a folder with "
+        "train/ and test/ (default: the data the checkpoint was trained on)",
+    )  # fmt: skip
+    p.add_argument("--root", help="data folder of the dataset named by --data")
+    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--limit", type=int, default=None, help="evaluate only N images")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run_eval)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def default_run_dir(name: str) -> Path:
+    """A new ``runs/<name>-<YYYYmmdd-HHMMSS>`` folder name that does not exist yet."""
+    base = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = base.with_name(f"{base.name}-{i}")
+    return path
+
+
+def resolve_config(args: argparse.Namespace):
+    """The run's config from --config / the saved config (on --resume) / the quick recipe."""
+    from r2b.train.config import load_config
+    from r2b.train.pipeline import CONFIG_FILE
+    from r2b.train.recipes import quick_config
+
+    if args.config:
+        return load_config(args.config, args.overrides)
+    if args.resume:
+        saved = Path(args.out) / CONFIG_FILE
+        if saved.is_file():
+            return load_config(saved, args.overrides)
+    return quick_config(args.overrides)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from r2b.train.pipeline import run_pipeline
+
+    if args.resume and not args.out:
+        raise UserError("--resume needs --out RUN_DIR: the folder of the run to continue")
+    cfg = resolve_config(args)
+    out = Path(args.out) if args.out else default_run_dir(cfg.name)
+    run_pipeline(cfg, out, resume=args.resume)
+    return 0
+
+
+# --------------------------------------------------------------------------- eval
+
+
+def _eval_data(args: argparse.Namespace, info: dict):
+    from r2b.data import DATASETS, build_dataset
+    from r2b.train.pipeline import _limit
+
+    data = dict(info.get("data") or {})
+    if args.data:
+        if args.data in DATASETS:
+            data = {"name": args.data, "root": args.root}
+        elif Path(args.data).is_dir():
+            data = {"name": "folder", "root": args.data}
+        else:
+            raise UserError(
+                f"--data {args.data!r} is neither a dataset ({', '.join(DATASETS)}) nor a "
+                "folder; check the name or path"
+            )
+    elif args.root:
+        data["root"] = args.root
+    if not data.get("name"):
+        raise UserError("the checkpoint does not say what data it was trained on; pass --data")
+    ds = build_dataset(
+        data["name"], root=data.get("root"), split=args.split, image_size=data.get("image_size"),
+        in_memory=data.get("in_memory"), random_crop=False,
+    )  # fmt: skip
+    return _limit(ds, args.limit), data
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from r2b.data import build_augment, num_classes
+    from r2b.train.checkpoint import describe_arch, load_model, read_weights
+    from r2b.train.evaluate import eval_batches, evaluate
+
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    _, arch, info = read_weights(args.checkpoint)
+    ds, data = _eval_data(args, info)
+    if arch.get("num_classes") not in (None, num_classes(ds)):
+        raise UserError(
+            f"checkpoint {args.checkpoint} predicts {arch['num_classes']} classes but the "
+            f"{data['name']} data has {num_classes(ds)}; evaluate it on the data it was trained on"
+        )
+    model, _ = load_model(args.checkpoint, device)
+    transform = build_augment(ds, train=False, image_size=data.get("image_size"))
+    res = evaluate(model, eval_batches(ds, args.batch_size), transform, device)
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "data": data["name"], **res}))
+    else:
+        print(
+            f"{describe_arch(arch)} on {data['name']} {args.split} ({res['n']} images): "
+            f"top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}"
+        )
+    return 0

@@ -1,0 +1,491 @@
+"""Pipeline configs: typed dataclasses, read from YAML only at the CLI edge (DESIGN.md "Configs").
+
+A pipeline is data: a list of stages (DESIGN.md habit 6). Each ``StageConfig`` names its model and
+stage variant, its teacher (an earlier stage, or none), what it initialises from, its optimiser,
+schedule, epochs, batch size, loss weights and augmentation. Defaults follow METHOD.md; every
+``[choice]`` there is a field here.
+
+YAML form (``load_config``)::
+
+    name: r2b
+    seed: 0
+    data: {name: cifar10, root: ...}
+    stage_defaults: {batch_size: 128, ...}   # optional: deep-merged under every stage
+    stages:
+      - name: teacher
+        model: {name: resnet18}
+        ...
+
+Rules: unknown keys are errors, values are type-checked against the annotations (an int is
+accepted for a float field), and ``--set key=value`` overrides are applied after
+``stage_defaults`` is merged. Keys are dotted paths; a list element is addressed by its index or,
+for stages, by its ``name``; ``*`` addresses every element (``stages.*.epochs=1``). Values are
+parsed as YAML scalars (``--set data.root=null``, ``--set stages.fp.augment.ops=[flip]``).
+Every problem raises ``r2b.errors.UserError`` naming the key and what to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from r2b.errors import UserError
+
+MODEL_STAGES = ("fp", "ban", "bnn")
+ATTENTION_FORMS = ("paper", "larq")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("step", "cosine")
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class ModelConfig:
+    """Which network a stage trains (``r2b.models.create_model``; METHOD.md section 2)."""
+
+    name: str = "r2b_resnet18"  # registered model: resnet18 | sb_resnet18 | r2b_resnet18
+    stage: str | None = None  # binary families: fp (tanh) | ban (sign acts) | bnn (+ sign weights)
+    stem: str = "cifar"  # imagenet (7x7/2 + max-pool) | cifar (3x3/1) [choice for CIFAR]
+    width: float = 1.0  # width multiplier of 64/128/256/512 channels
+    activation_quantizer: str = "ste_sign"  # binary families: ste_sign | approx_sign (sec. 1)
+    weight_scale: bool = True  # binary families, bnn: multiply by per-channel mean|W| (sec. 5)
+    pad_value: float = 1.0  # binary families: constant that pads the sign input [choice: +1]
+
+    def create_kwargs(self, num_classes: int) -> dict:
+        """Keyword arguments of ``create_model`` for ``num_classes`` outputs."""
+        kw: dict[str, Any] = dict(num_classes=num_classes, stem=self.stem, width=self.width)
+        if self.is_binary_family:
+            kw.update(
+                stage=self.stage, activation_quantizer=self.activation_quantizer,
+                weight_scale=self.weight_scale, pad_value=self.pad_value,
+            )  # fmt: skip
+        return kw
+
+    @property
+    def is_binary_family(self) -> bool:
+        return self.name != "resnet18"
+
+
+@dataclass
+class LossConfig:
+    """Weights of ``ce*CE + kd*KD + att*L_att`` (``r2b.losses.DistillationObjective``; sec. 4)."""
+
+    ce: float = 1.0  # cross-entropy weight
+    kd: float = 0.0  # logit distillation weight (3.0 in steps 1-2, 0.8 in step 3; needs a teacher)
+    att: float = 0.0  # attention-matching weight beta (needs a teacher)
+    att_form: str = "paper"  # paper (normalised maps, squared L2, summed) | larq
+    temperature: float = 1.0  # distillation temperature T [choice; larq]
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser of a stage (METHOD.md section 5: Adam, 1e-3 real / 2e-4 binary weights)."""
+
+    name: str = "adam"  # adam | adamw | sgd
+    lr: float = 1e-3  # peak learning rate (after warm-up)
+    weight_decay: float = 1e-5  # 1e-5 while weights are real, 0 once binary (sec. 5)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam/adamw
+    momentum: float = 0.9  # sgd only (Nesterov)
+    clip_weights: float | None = None  # clip latent weights of binary convs to [-c, c] per step
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule per optimiser step: linear warm-up, then step or cosine decay."""
+
+    kind: str = "step"  # step (x gamma at each milestone) | cosine (to 0 at the last epoch)
+    warmup_epochs: float = 0.0  # linear warm-up length in epochs (5 in real-weight stages)
+    milestones: list[int] = field(default_factory=list)  # step: epochs where lr *= gamma
+    gamma: float = 0.1  # step decay factor (0.1 paper; 0.3 larq) [choice]
+
+
+@dataclass
+class AugmentConfig:
+    """Batch augmentation of a stage (``r2b.data.BatchAugment``) and mix-up."""
+
+    ops: list[str] | None = None  # cifar: crop, flip, rotate; imagenet: crop, flip, jitter;
+    # None = the paper's recipe for the dataset's kind; [] = none
+    pad: int = 4  # cifar crop: translation range in pixels
+    degrees: float = 15.0  # cifar rotation range
+    jitter: float = 0.4  # imagenet colour-jitter strength
+    mixup: float = 0.0  # mix-up Beta(alpha, alpha); 0 = off (paper: on for CIFAR-100)
+
+
+@dataclass
+class StageConfig:
+    """One training step of the pipeline (METHOD.md section 5)."""
+
+    name: str = ""  # unique name; also the stage's folder in the run directory
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: str | None = None  # name of an earlier stage (its best checkpoint, frozen) or null
+    init_from: str | None = None  # earlier stage name, or a .safetensors file; null = random init
+    epochs: int = 1
+    batch_size: int = 128  # images per optimiser step, over all processes
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class DataConfig:
+    """Dataset of the whole pipeline (``r2b.data.build_dataset``)."""
+
+    name: str = "default"  # default (embedded) | cifar10 | cifar100 | folder | imagenet
+    root: str | None = None  # data directory (relative paths: from the current directory)
+    download: bool = False  # fetch cifar10/cifar100 when missing (needs internet)
+    image_size: int | None = None  # training/eval side; None = the dataset's (224 for imagenet)
+    in_memory: bool | None = None  # None = decide by size (folders)
+    num_workers: int = 0  # loader workers for streamed folders
+    eval_batch_size: int = 500  # images per evaluation batch
+    train_limit: int | None = None  # use only N training images (class-balanced subset)
+    test_limit: int | None = None  # use only N test images
+
+
+@dataclass
+class RuntimeConfig:
+    """Devices and precision (Lightning Fabric). None of these change what is computed on CPU."""
+
+    accelerator: str = "auto"  # auto | cpu | cuda | gpu | mps
+    devices: str = "auto"  # auto, a count ("2") or ids ("0,1"); torchrun sets the processes
+    precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU
+    num_threads: int | None = None  # CPU threads for torch; None = all cores
+    channels_last: bool | None = None  # None = on for GPU, off for CPU
+    progress: bool = True  # progress bar (only on a terminal)
+
+
+@dataclass
+class ReportConfig:
+    """What goes into report.md and its plots."""
+
+    attention_images: int = 4  # test images in the teacher-vs-student attention plots (0 = none)
+
+
+@dataclass
+class PipelineConfig:
+    """A whole run: data, runtime and the list of stages."""
+
+    name: str = "pipeline"
+    seed: int = 0  # seeds initialisation, shuffling and augmentation
+    data: DataConfig = field(default_factory=DataConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    stages: list[StageConfig] = field(default_factory=list)
+
+    def stage(self, name: str) -> StageConfig:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+# --------------------------------------------------------------------------- dict <-> dataclass
+
+
+def to_dict(cfg) -> dict:
+    """Plain nested dict of a config dataclass (what ``config.yaml`` holds)."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg) -> str:
+    """YAML text of a config; ``from_dict(yaml.safe_load(text))`` gives the same config."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None, width=100)
+
+
+def _type_name(tp) -> str:
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+def _convert(value: Any, tp, where: str) -> Any:
+    """``value`` checked against the annotation ``tp``; raises UserError naming ``where``."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, where)
+            except UserError:
+                continue
+        raise _type_error(value, tp, where)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise _type_error(value, tp, where)
+        return _from_mapping(tp, value, where)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(value, tp, where)
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise _type_error(value, tp, where)
+
+
+def _type_error(value: Any, tp, where: str) -> UserError:
+    shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    return UserError(
+        f"config key {where} must be {_type_name(tp)}, got {shown}; fix the value in the config "
+        "file or the --set option"
+    )
+
+
+def _from_mapping(cls, data: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else str(unknown[0])
+        raise UserError(
+            f"unknown config key {key}; known keys here: {', '.join(names)} "
+            "(check the spelling in the config file or the --set option)"
+        )
+    kwargs = {}
+    for name in names:
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], f"{where}.{name}" if where else name)
+    return cls(**kwargs)
+
+
+def from_dict(data: dict) -> PipelineConfig:
+    """Typed, validated ``PipelineConfig`` from a plain dict (after ``stage_defaults``/--set)."""
+    if not isinstance(data, dict):
+        raise UserError("a config must be a YAML mapping of keys to values; see configs/quick.yaml")
+    cfg = _from_mapping(PipelineConfig, data, "")
+    validate(cfg)
+    return cfg
+
+
+# --------------------------------------------------------------------------- YAML and overrides
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = (
+            _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
+    return out
+
+
+def expand_stage_defaults(data: dict) -> dict:
+    """Merge ``stage_defaults`` (if any) under every stage; the result has no such key."""
+    data = dict(data)
+    defaults = data.pop("stage_defaults", None)
+    if defaults is None:
+        return data
+    if not isinstance(defaults, dict):
+        raise UserError("config key stage_defaults must be a mapping of stage keys")
+    stages = data.get("stages", [])
+    if not isinstance(stages, list):
+        raise UserError("config key stages must be a list of stage mappings")
+    data["stages"] = [_deep_merge(defaults, s) if isinstance(s, dict) else s for s in stages]
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b.c=value"`` -> (["a", "b", "c"], YAML-parsed value)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not p for p in key.split(".")):
+        raise UserError(f"--set needs KEY=VALUE with a dotted key, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _children(node: Any, part: str, where: str) -> list[tuple[Any, Any]]:
+    """(container, key) pairs that ``part`` addresses inside ``node``."""
+    if isinstance(node, dict):
+        return [(node, part)]
+    if isinstance(node, list):
+        if part == "*":
+            return [(node, i) for i in range(len(node))]
+        if part.lstrip("-").isdigit():
+            i = int(part)
+            if not -len(node) <= i < len(node):
+                raise UserError(
+                    f"--set {where}: index {i} is out of range (the list has {len(node)})"
+                )
+            return [(node, i)]
+        named = [i for i, s in enumerate(node) if isinstance(s, dict) and s.get("name") == part]
+        if not named:
+            names = [s.get("name") for s in node if isinstance(s, dict)]
+            raise UserError(
+                f"--set {where}: no element named {part!r}; use an index, '*' or one of {names}"
+            )
+        return [(node, i) for i in named]
+    raise UserError(f"--set {where}: {part!r} addresses inside a value that is not a mapping")
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``--set`` overrides in order to a plain dict (a deep copy is returned).
+
+    A missing intermediate mapping key is created, so a key left out of the YAML (default value)
+    can be set; whether the key exists at all is checked by ``from_dict``.
+    """
+    data = yaml.safe_load(yaml.safe_dump(data))
+    for text in overrides:
+        path, value = parse_override(text)
+        nodes = [data]
+        for depth, part in enumerate(path[:-1]):
+            where = ".".join(path[: depth + 1])
+            nxt = []
+            for node in nodes:
+                for container, key in _children(node, part, where):
+                    if isinstance(container, dict) and container.get(key) is None:
+                        container[key] = {}
+                    nxt.append(container[key])
+            nodes = nxt
+        for node in nodes:
+            for container, key in _children(node, path[-1], ".".join(path)):
+                container[key] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    """The mapping in a YAML config file; UserError if it is missing or not valid YAML."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(
+            f"config file {path} does not exist; give the path of a YAML recipe "
+            "(e.g. configs/cifar10/r2b.yaml) or leave out --config for the quick default"
+        )
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"config file {path} is not valid YAML{at}; fix its syntax") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read config file {path} ({err}); check the file") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys (see configs/quick.yaml)")
+    return data
+
+
+def build_config(data: dict, overrides: list[str] | None = None) -> PipelineConfig:
+    """Plain dict (as read from YAML) + ``--set`` overrides -> validated ``PipelineConfig``."""
+    data = expand_stage_defaults(data)
+    data = apply_overrides(data, list(overrides or []))
+    return from_dict(data)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read a YAML recipe, merge ``stage_defaults``, apply ``--set`` overrides, validate."""
+    return build_config(read_yaml(path), overrides)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def _check_choice(value, choices, where: str) -> None:
+    _check(value in choices, f"config key {where} is {value!r}; choose one of {', '.join(choices)}")
+
+
+def validate(cfg: PipelineConfig) -> None:
+    """Checks beyond types: names, references to earlier stages, ranges and choices."""
+    from r2b.models import list_models
+
+    _check(bool(cfg.stages), "the config has no stages; add at least one under `stages:`")
+    _check(cfg.data.eval_batch_size >= 1, "config key data.eval_batch_size must be at least 1")
+    _check_choice(cfg.runtime.precision, PRECISIONS, "runtime.precision")
+    seen: list[str] = []
+    for i, s in enumerate(cfg.stages):
+        w = f"stages[{i}]"
+        _check(
+            bool(_NAME_RE.match(s.name)),
+            f"config key {w}.name is {s.name!r}; give every stage a name of letters, digits, "
+            "'_', '-' or '.' (it names the stage's folder)",
+        )
+        _check(s.name not in seen, f"two stages are named {s.name!r}; stage names must be unique")
+        m = s.model
+        _check_choice(m.name, list_models(), f"{w}.model.name")
+        _check_choice(m.stem, ("imagenet", "cifar"), f"{w}.model.stem")
+        _check(m.width > 0, f"config key {w}.model.width must be positive")
+        if m.is_binary_family:
+            _check_choice(m.stage, MODEL_STAGES, f"{w}.model.stage")
+            _check_choice(
+                m.activation_quantizer,
+                ("ste_sign", "approx_sign"),
+                f"{w}.model.activation_quantizer",
+            )
+        else:
+            _check(
+                m.stage is None,
+                f"config key {w}.model.stage applies to binary models only; remove it for "
+                f"{m.name} or set it to null",
+            )
+        for ref, what in ((s.teacher, "teacher"), (s.init_from, "init_from")):
+            if ref is None or (what == "init_from" and ref.endswith(".safetensors")):
+                continue
+            _check(
+                ref in seen,
+                f"config key {w}.{what} is {ref!r}, which is not an earlier stage; use one of "
+                f"{seen or 'no stage (this is the first)'} or null",
+            )
+        _check(s.epochs >= 0, f"config key {w}.epochs must be 0 or more")
+        _check(s.batch_size >= 1, f"config key {w}.batch_size must be at least 1")
+        _check_choice(s.loss.att_form, ATTENTION_FORMS, f"{w}.loss.att_form")
+        _check(s.loss.temperature > 0, f"config key {w}.loss.temperature must be positive")
+        for k in ("ce", "kd", "att"):
+            _check(getattr(s.loss, k) >= 0, f"config key {w}.loss.{k} must be 0 or more")
+        _check(
+            s.teacher is not None or (s.loss.kd == 0 and s.loss.att == 0),
+            f"stage {s.name!r} has kd/att loss weights but no teacher; set {w}.teacher to an "
+            "earlier stage or the weights to 0",
+        )
+        _check_choice(s.optim.name, OPTIMIZERS, f"{w}.optim.name")
+        _check(s.optim.lr > 0, f"config key {w}.optim.lr must be positive")
+        _check(s.optim.weight_decay >= 0, f"config key {w}.optim.weight_decay must be 0 or more")
+        _check(len(s.optim.betas) == 2, f"config key {w}.optim.betas must hold two numbers")
+        _check(
+            s.optim.clip_weights is None or s.optim.clip_weights > 0,
+            f"config key {w}.optim.clip_weights must be positive or null",
+        )
+        _check_choice(s.schedule.kind, SCHEDULES, f"{w}.schedule.kind")
+        _check(s.schedule.warmup_epochs >= 0, f"config key {w}.schedule.warmup_epochs must be >= 0")
+        _check(
+            s.schedule.milestones == sorted(s.schedule.milestones),
+            f"config key {w}.schedule.milestones must be in increasing order",
+        )
+        _check(s.augment.mixup >= 0, f"config key {w}.augment.mixup must be 0 or more")
+        seen.append(s.name)

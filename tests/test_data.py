@@ -240,6 +240,15 @@ def test_streamed_loader_same_batches_with_and_without_workers(tmp_path):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
+def test_imagenet_name_streams_a_folder_with_imagenet_statistics(tmp_path):
+    write_imagenet_tree(tmp_path)
+    val = build_dataset("imagenet", root=tmp_path, split="val", image_size=24)
+    assert isinstance(val, FolderStream) and val.mean == (0.485, 0.456, 0.406)
+    small = build_dataset("imagenet", root=tmp_path, split="train", in_memory=True, image_size=32)
+    assert small.in_memory and small.kind == "imagenet" and small.std == (0.229, 0.224, 0.225)
+    assert build_augment(small, train=True).ops == ("crop", "flip", "jitter")
+
+
 def test_folder_errors_are_one_line(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         build_dataset("folder", root=tmp_path / "missing")
@@ -278,7 +287,7 @@ def test_default_dataset_is_embedded_balanced_and_small():
     means = train.images.float().mean(dim=(0, 2, 3)) / 255
     assert torch.allclose(means, torch.tensor(train.mean), atol=0.03)
     assert train.images.float().std() > 50
-    assert set(DATASETS) == {"default", "cifar10", "cifar100", "folder"}
+    assert set(DATASETS) == {"default", "cifar10", "cifar100", "folder", "imagenet"}
 
 
 def _extract_some(archive: Path, into: Path, per_class: int) -> None:
@@ -480,3 +489,22 @@ def test_png_bytes_decode_in_folders(tmp_path):
     ds = build_dataset("folder", root=tmp_path, split="test")
     assert ds.images.shape == (2, 3, 8, 8)
     assert ds.images[0].max() == 40 and ds.images[1].min() == 200
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_batch_augment_and_mixup_on_cuda_match_cpu():
+    x = _batch(n=32)
+    for aug in (
+        BatchAugment("cifar", seed=3, mean=(0.5,) * 3, std=(0.25,) * 3),
+        BatchAugment("imagenet", image_size=24, seed=3),
+    ):
+        aug.set_epoch(1)
+        cpu = aug(x)
+        aug.set_epoch(1)
+        gpu = aug(x.cuda())
+        assert gpu.is_cuda and torch.allclose(gpu.cpu(), cpu, atol=1e-4)
+    y = torch.arange(32) % 10
+    xm, t = mixup(x.float().cuda(), y.cuda(), 0.2, 10, torch.Generator().manual_seed(0))
+    xc, tc = mixup(x.float(), y, 0.2, 10, torch.Generator().manual_seed(0))
+    assert xm.is_cuda and torch.allclose(xm.cpu(), xc) and torch.allclose(t.cpu(), tc)

@@ -18,9 +18,11 @@ Typical use (the trainer's)::
 
 API (details in each module):
 
-- ``DATASETS``, ``build_dataset(name, root=None, split="train", download=False,
-  image_size=None, in_memory=None, seed=0, random_crop=True)``, ``num_classes(dataset)``
-  (``r2b.data.datasets``): items are ``(uint8 (3, H, W), int)``.
+- ``DATASETS`` ("default", "cifar10", "cifar100", "folder", "imagenet"),
+  ``build_dataset(name, root=None, split="train", download=False, image_size=None,
+  in_memory=None, seed=0, random_crop=True)``, ``num_classes(dataset)`` (``r2b.data.datasets``):
+  items are ``(uint8 (3, H, W), int)``; datasets have ``classes``, ``targets``, ``kind``,
+  ``mean``, ``std``, ``image_size``, ``in_memory``, ``sample_augment``.
 - ``build_loader(dataset, batch_size, train, num_workers=0, seed=0, drop_last=None, rank=0,
   world_size=1, pin_memory=False) -> EpochLoader`` with ``set_epoch(e)``; ``EpochSampler``,
   ``epoch_order`` (``r2b.data.loader``).

@@ -10,6 +10,8 @@ Names (``DATASETS``):
 - "folder": a class-folder tree ``ROOT/train/<class>/*`` and ``ROOT/test/<class>/*`` (or
   ``ROOT/val/``: ImageNet's layout), e.g. the CIFAR-10 JPEG copy (``ROOT = .../cifar10``) or
   ImageNet (``r2b.data.folder``).
+- "imagenet": a "folder" that is always ImageNet-kind: streamed from disk unless ``in_memory`` is
+  True, crops of ``image_size`` (224 by default), ImageNet's normalisation.
 
 Every dataset returns ``(image, label)`` with ``image`` a uint8 (3, H, W) RGB tensor (0..255, not
 normalised: ``BatchAugment`` normalises on the device) and ``label`` an int, and has
@@ -28,7 +30,7 @@ from r2b.data.default import read_default
 from r2b.data.folder import read_folder
 from r2b.errors import UserError
 
-DATASETS = ("default", "cifar10", "cifar100", "folder")
+DATASETS = ("default", "cifar10", "cifar100", "folder", "imagenet")
 SPLITS = ("train", "test")
 
 
@@ -46,7 +48,7 @@ def build_dataset(
 
     Args:
         name: one of ``DATASETS``.
-        root: data folder ("cifar10", "cifar100", "folder"); ignored by "default".
+        root: data folder ("cifar10", "cifar100", "folder", "imagenet"); ignored by "default".
         download: fetch CIFAR when it is missing (needs the network).
         image_size: "folder" only: resize + center-crop every image to this side (in memory), or
             the crop side of streamed data (224 when None). CIFAR and "default" are 32 x 32.
@@ -68,6 +70,8 @@ def build_dataset(
         return read_default(split)
     if name in ("cifar10", "cifar100"):
         return read_cifar(name, root, split, download)
+    if name == "imagenet":
+        return read_folder(root, split, image_size, bool(in_memory), seed, random_crop, "imagenet")
     return read_folder(root, split, image_size, in_memory, seed, random_crop)
 
 

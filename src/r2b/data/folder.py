@@ -114,10 +114,13 @@ def resize_center_crop(img: torch.Tensor, short_side: int, size: int) -> torch.T
     return TF.center_crop(img, [size, size])
 
 
-def _kind_of(side: int) -> tuple[str, tuple, tuple]:
-    if side <= SMALL_IMAGE_SIDE:
-        return "cifar", CIFAR_MEAN, CIFAR_STD
-    return "imagenet", IMAGENET_MEAN, IMAGENET_STD
+#: kind -> (mean, std) of its normalisation
+KIND_STATS = {"cifar": (CIFAR_MEAN, CIFAR_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
+
+
+def infer_kind(side: int) -> str:
+    """ "cifar" for images of at most ``SMALL_IMAGE_SIDE`` pixels a side, else "imagenet"."""
+    return "cifar" if side <= SMALL_IMAGE_SIDE else "imagenet"
 
 
 def read_folder(
@@ -127,8 +130,12 @@ def read_folder(
     in_memory: bool | None = None,
     seed: int = 0,
     random_crop: bool = True,
+    kind: str | None = None,
 ) -> Dataset:
-    """One split of an image folder, in memory or streamed (see the module docstring)."""
+    """One split of an image folder, in memory or streamed (see the module docstring).
+
+    ``kind`` ("cifar" | "imagenet") overrides the kind inferred from the image size.
+    """
     folder = split_dir(root, split)
     train_dir = split_dir(root, "train") if split != "train" else folder
     classes = class_names(train_dir)
@@ -138,8 +145,11 @@ def read_folder(
         in_memory = len(paths) * 3 * side * side <= IN_MEMORY_MAX_BYTES
     name = f"folder:{Path(root).name}"
     if in_memory:
+        if kind == "imagenet" and image_size is None:
+            image_size = DEFAULT_STREAM_SIZE
         images = _decode_all(paths, image_size)
-        kind, mean, std = _kind_of(max(images.shape[-2:]))
+        kind = kind or infer_kind(max(images.shape[-2:]))
+        mean, std = KIND_STATS[kind]
         return InMemoryImageDataset(images, labels, classes, kind, mean, std, name, split)
     size = image_size or DEFAULT_STREAM_SIZE
     train_crop = split == "train" and random_crop

@@ -8,10 +8,11 @@ training as ``DistributedSampler`` does (pad by repeating the head of the order 
 same order as an uninterrupted run.
 
 ``build_loader`` returns an ``EpochLoader`` (a ``torch.utils.data.DataLoader``) yielding
-``(images uint8 (B, 3, H, W), labels int64 (B,))`` on the CPU:
+``(images uint8 (B, 3, H, W), labels int64 (B,))``:
 
 - in-memory datasets: whole batches are sliced out of the image tensor in one indexing operation
-  in the main process (``num_workers`` is ignored; workers would only add copies);
+  in the main process (``num_workers`` is ignored; workers would only add copies); when the
+  dataset's tensors were moved to a GPU the batches come out on the GPU;
 - streamed datasets (``FolderStream``): per-sample decoding in ``num_workers`` worker processes
   (not persistent, so each epoch's workers see the dataset's current epoch), default collation.
 
@@ -118,9 +119,10 @@ def build_loader(
     sampler = EpochSampler(len(dataset), train, seed, rank, world_size, drop_last=False)
     if getattr(dataset, "in_memory", False):
         batches = BatchSampler(sampler, batch_size, drop_last)
+        on_cpu = dataset.images.device.type == "cpu"  # GPU-held images need no pinning
         loader = EpochLoader(
             _Batches(dataset), batch_size=None, sampler=batches, num_workers=0,
-            pin_memory=pin_memory,
+            pin_memory=pin_memory and on_cpu,
         )  # fmt: skip
     else:
         loader = EpochLoader(

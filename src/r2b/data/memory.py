@@ -4,6 +4,8 @@
 ``ds[i]`` gives ``(image (3, H, W) uint8, label int)``; ``ds[indices]`` with a list or a 1-D
 tensor of indices gives a whole batch ``(images (B, 3, H, W) uint8, labels (B,) int64)`` in one
 indexing operation, which is what ``build_loader`` uses (no per-sample Python work, no workers).
+The tensors may be moved to a GPU (``ds.images = ds.images.to(device)``, same for ``targets``):
+batches are then sliced on the GPU.
 """
 
 from __future__ import annotations
@@ -61,8 +63,8 @@ class InMemoryImageDataset(Dataset):
     def __getitem__(self, index):
         if isinstance(index, int):
             return self.images[index], int(self.targets[index])
-        idx = torch.as_tensor(index, dtype=torch.int64)
-        return self.images[idx], self.targets[idx]
+        idx = torch.as_tensor(index, dtype=torch.int64, device=self.images.device)
+        return self.images[idx], self.targets[idx.to(self.targets.device)]
 
     @property
     def image_size(self) -> tuple[int, int]:

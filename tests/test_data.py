@@ -224,6 +224,35 @@ def test_imagenet_tree_streams_reproducible_random_crops(tmp_path):
     assert torch.equal(val[0][0], val[0][0])
 
 
+def test_streamed_crops_of_large_jpegs_decode_at_reduced_scale(tmp_path, monkeypatch):
+    from torchvision.transforms.v2 import functional as TF
+
+    from r2b.data.folder import decode_file
+
+    yy, xx = np.mgrid[0:600, 0:800]
+    smooth = np.stack([xx * 0.3, yy * 0.4, (xx + yy) * 0.15], -1).astype(np.uint8)
+    path = tmp_path / "val" / "a" / "big.JPEG"
+    _jpeg(path, smooth)
+    stream = FolderStream([path], [0], ["a"], image_size=64, train_crop=False)
+    from PIL.JpegImagePlugin import JpegImageFile
+
+    drafts, draft = [], JpegImageFile.draft
+
+    def spy(self, mode, size):
+        result = draft(self, mode, size)
+        drafts.append(self.size)
+        return result
+
+    monkeypatch.setattr(JpegImageFile, "draft", spy)
+    got = stream[0][0]
+    assert drafts == [(100, 75)]  # a 525-pixel box shrunk to 64: decoded at 1/8 scale
+    left, top, right, bottom = stream.crop_box(0, 600, 800)
+    full = decode_file(path)
+    want = TF.resized_crop(full, round(top), round(left), round(bottom - top),
+                           round(right - left), [64, 64], antialias=True)  # fmt: skip
+    assert got.shape == (3, 64, 64) and (got.float() - want.float()).abs().mean() < 3
+
+
 def test_streamed_loader_same_batches_with_and_without_workers(tmp_path):
     write_imagenet_tree(tmp_path)
     train = build_dataset("folder", root=tmp_path, split="train", image_size=16, in_memory=False)

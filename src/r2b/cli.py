@@ -32,9 +32,22 @@ def _run_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="(re)write report.md and the plots of a training run")
+    p.add_argument("run_dir", help="the --out folder of an `r2b train` run")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from r2b.report import write_report
+
+    print(write_report(args.run_dir))
+    return 0
+
+
 def _command_table() -> list:
     """Subcommand parsers; optional parts register only when their module imports."""
-    commands = [_add_summary]
+    commands = [_add_summary, _add_report]
     try:
         from r2b.train.cli import add_eval_parser, add_train_parser
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from r2b.layers import BinaryConv2d, Gate, LearnedScale
+from r2b.layers import BinaryConv2d, Gate, LearnedScale, prelu, scale_channels
 from r2b.models.registry import register_model
 
 STEMS = ("imagenet", "cifar")
@@ -172,9 +172,9 @@ class HalfBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.bn(x)
-        c = self.conv(y)
-        c = c * self.gate(y) if hasattr(self, "gate") else self.scale(c)
-        return self.act(c) + self.shortcut(x)
+        c, alpha = self.conv.forward_unscaled(y)  # alpha = mean|W| (bnn) or None
+        g = self.gate(y) if hasattr(self, "gate") else self.scale.factor()
+        return prelu(scale_channels(c, alpha, g), self.act.weight) + self.shortcut(x)
 
 
 class BinaryBasicBlock(nn.Module):

@@ -44,6 +44,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("step", "cosine")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
 @dataclass
@@ -247,6 +248,8 @@ def _convert(value: Any, tp, where: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
     elif tp is str:
         if isinstance(value, str):
             return value

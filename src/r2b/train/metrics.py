@@ -56,7 +56,7 @@ def flip_ratio(previous: torch.Tensor | None, current: torch.Tensor | None) -> f
     """Fraction of signs that changed between two ``weight_signs`` snapshots."""
     if previous is None or current is None:
         return None
-    return float((previous != current).float().mean())
+    return int((previous != current).sum()) / max(current.numel(), 1)
 
 
 def clip_binary_weights(model: nn.Module, bound: float) -> None:

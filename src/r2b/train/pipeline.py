@@ -159,6 +159,15 @@ def initialise(model: nn.Module, stage: StageConfig, run_dir: Path) -> None:
     load_state_into(model, state, path, arch)
 
 
+def check_init_files(cfg: PipelineConfig, classes: int) -> None:
+    """Fail early (before the run folder exists) on ``init_from`` files that do not fit."""
+    for index, stage in enumerate(cfg.stages):
+        if stage.init_from is not None and stage.init_from.endswith(".safetensors"):
+            model = build_student(stage, index, cfg.seed, classes)
+            state, arch, _ = read_weights(stage.init_from)
+            load_state_into(model, state, stage.init_from, arch)
+
+
 # --------------------------------------------------------------------------- results
 
 
@@ -256,6 +265,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False,
     say = log if writer else (lambda *_: None)
     train_set, test_set = load_data(cfg.data, cfg.seed)
     classes = num_classes(train_set)
+    check_init_files(cfg, classes)
     if writer:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:

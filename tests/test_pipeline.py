@@ -1,0 +1,104 @@
+"""The staged pipeline end to end on a tiny config (seconds on CPU): run folder, teacher, init."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from r2b.errors import UserError
+from r2b.train.checkpoint import load_model, read_weights
+from r2b.train.config import build_config, load_config
+from r2b.train.pipeline import run_pipeline
+
+TINY = {
+    "name": "tiny",
+    "seed": 3,
+    "data": {"name": "default", "train_limit": 160, "test_limit": 60, "eval_batch_size": 40},
+    "runtime": {"accelerator": "cpu", "progress": False},
+    "report": {"attention_images": 2},
+    "stage_defaults": {
+        "model": {"stem": "cifar", "width": 0.125},
+        "batch_size": 32,
+        "epochs": 2,
+        "augment": {"ops": ["crop", "flip"]},
+        "schedule": {"kind": "cosine", "warmup_epochs": 0.5},
+    },
+    "stages": [
+        {"name": "real", "model": {"name": "resnet18"}, "epochs": 1},
+        {"name": "ban", "model": {"name": "r2b_resnet18", "stage": "ban"}, "teacher": "real",
+         "loss": {"kd": 3.0, "att": 1.0}, "augment": {"mixup": 0.2}},
+        {"name": "bnn", "model": {"name": "r2b_resnet18", "stage": "bnn"}, "teacher": "ban",
+         "init_from": "ban", "loss": {"kd": 0.8},
+         "optim": {"lr": 2e-4, "weight_decay": 0, "clip_weights": 1.0}},
+    ],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    lines = []
+    results = run_pipeline(build_config(TINY), out, log=lines.append)
+    return out, results, lines
+
+
+def test_run_folder_holds_results_report_and_checkpoints(tiny_run):
+    out, results, lines = tiny_run
+    for name in ("config.yaml", "results.json", "report.md", "curves.png"):
+        assert (out / name).is_file(), name
+    assert (out / "attention_ban.png").is_file() and (out / "attention_bnn.png").is_file()
+    for stage in ("real", "ban", "bnn"):
+        for name in ("best.safetensors", "last.safetensors", "state.safetensors", "metrics.csv",
+                     "result.json"):  # fmt: skip
+            assert (out / stage / name).is_file(), (stage, name)
+    saved = json.loads((out / "results.json").read_text())
+    assert [s["name"] for s in saved["stages"]] == ["real", "ban", "bnn"]
+    for s in saved["stages"]:
+        assert 0 <= s["top1"] <= 100 and s["top1"] <= s["top5"] <= 100
+    assert "| bnn" in (out / "report.md").read_text()
+    assert any("top-1" in line and "bnn" in line for line in lines)  # the final table
+    assert load_config(out / "config.yaml") == build_config(TINY)
+
+
+def test_metrics_have_loss_components_and_flip_ratio_for_binary_weights(tiny_run):
+    out, _, _ = tiny_run
+    ban = list(csv.DictReader(open(out / "ban" / "metrics.csv")))
+    bnn = list(csv.DictReader(open(out / "bnn" / "metrics.csv")))
+    assert [r["epoch"] for r in bnn] == ["1", "2"]
+    assert float(ban[0]["kd"]) > 0 and float(ban[0]["att"]) > 0
+    assert float(bnn[0]["att"]) == 0 and float(bnn[0]["kd"]) > 0
+    assert ban[0]["flip_ratio"] == ""
+    assert 0 <= float(bnn[1]["flip_ratio"]) < 0.5
+
+
+def test_student_initialised_from_its_init_stage_and_weights_clipped(tiny_run):
+    out, _, _ = tiny_run
+    bnn, info = load_model(out / "bnn" / "best.safetensors")
+    assert info["stage"] == "bnn" and info["data"]["num_classes"] == 10
+    assert bnn.arch["stage"] == "bnn" and bnn.arch["width"] == 0.125
+    assert all(m.weight.abs().max() <= 1.0 for m in bnn.binary_convs())
+    # the bnn started from ban's best weights: few signs moved in 2 epochs at lr 2e-4
+    ban_state, _, _ = read_weights(out / "ban" / "best.safetensors")
+    w0 = ban_state["blocks.3.half2.conv.weight"]
+    w1 = bnn.blocks[3].half2.conv.weight.detach()
+    assert ((w0 >= 0) == (w1 >= 0)).float().mean() > 0.9
+
+
+def test_results_are_reproducible_and_resume_skips_finished_stages(tiny_run, tmp_path):
+    out, results, _ = tiny_run
+    again = run_pipeline(build_config(TINY), out, resume=True, log=lambda *_: None)
+    assert [s["top1"] for s in again["stages"]] == [s["top1"] for s in results["stages"]]
+    cfg = build_config(TINY, ["stages.bnn.epochs=1"])
+    with pytest.raises(UserError, match="differs from the run's saved"):
+        run_pipeline(cfg, out, resume=True)
+    with pytest.raises(UserError, match="already exists"):
+        run_pipeline(build_config(TINY), out)
+
+
+def test_zero_epoch_stage_evaluates_its_initialisation(tmp_path):
+    data = {**TINY, "stages": [dict(TINY["stages"][0], epochs=0)]}
+    results = run_pipeline(build_config(data), tmp_path / "r", log=lambda *_: None)
+    (stage,) = results["stages"]
+    assert stage["best_epoch"] == 0 and stage["top1"] is not None
+    assert torch.is_tensor(read_weights(tmp_path / "r" / "real" / "best.safetensors")[0]["fc.bias"])

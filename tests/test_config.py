@@ -146,3 +146,31 @@ def test_load_config_errors(tmp_path):
 def test_defaults_are_typed_dataclasses():
     cfg = PipelineConfig()
     assert cfg.data.name == "default" and cfg.runtime.precision == "auto"
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_ablation_rows_sb_and_r2b_are_the_main_recipes(dataset):
+    folder = CONFIGS / dataset
+    if not folder.is_dir():
+        pytest.skip("no configs/ folder next to the tests")
+    rows = sorted(p.stem for p in (folder / "ablation").glob("*.yaml"))
+    assert rows == ["r2b", "sb", "sb_att", "sb_att_kd", "sb_gate", "sb_progressive"]
+    for name in ("sb", "r2b"):
+        row = load_config(folder / "ablation" / f"{name}.yaml")
+        assert row == load_config(folder / f"{name}.yaml")
+
+
+def test_paper_recipe_numbers():
+    r2b = load_config(CONFIGS / "cifar100" / "r2b.yaml") if CONFIGS.is_dir() else None
+    if r2b is None:
+        pytest.skip("no configs/ folder next to the tests")
+    assert [s.epochs for s in r2b.stages] == [350] * 4
+    assert all(s.schedule.milestones == [150, 250, 320] for s in r2b.stages)
+    assert [s.optim.lr for s in r2b.stages] == [1e-3, 1e-3, 1e-3, 2e-4]
+    assert [s.optim.weight_decay for s in r2b.stages] == [1e-5, 1e-5, 1e-5, 0.0]
+    assert [s.schedule.warmup_epochs for s in r2b.stages] == [5, 5, 5, 0]
+    assert [(s.loss.ce, s.loss.kd) for s in r2b.stages] == [(1, 0), (1, 3), (1, 3), (1, 0.8)]
+    imagenet = load_config(CONFIGS / "imagenet" / "r2b.yaml")
+    assert imagenet.stages[-1].augment.ops == ["crop", "flip"]  # no colour jitter in bnn
+    assert imagenet.stages[0].augment.ops == ["crop", "flip", "jitter"]
+    assert all(s.model.stem == "imagenet" and s.batch_size == 256 for s in imagenet.stages)

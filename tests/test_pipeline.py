@@ -102,3 +102,33 @@ def test_zero_epoch_stage_evaluates_its_initialisation(tmp_path):
     (stage,) = results["stages"]
     assert stage["best_epoch"] == 0 and stage["top1"] is not None
     assert torch.is_tensor(read_weights(tmp_path / "r" / "real" / "best.safetensors")[0]["fc.bias"])
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_on_cpu(tmp_path):
+    """DDP on CPU (gloo): two processes, every test image counted once, only rank 0 writes."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    out = tmp_path / "ddp"
+    sets = [
+        "stages.*.epochs=1", "data.train_limit=128", "data.test_limit=51",
+        "stages.*.model.width=0.125", "runtime.accelerator=cpu", "report.attention_images=0",
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node=2", "-m", "r2b.cli", "train", "--out",
+         str(out), *[a for s in sets for a in ("--set", s)]],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "2 processes" in done.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["world_size"] == 2
+    for stage in results["stages"]:
+        correct = stage["top1"] * 51 / 100
+        assert abs(correct - round(correct)) < 1e-6  # a whole number of the 51 images

@@ -155,7 +155,7 @@ class RuntimeConfig:
     """Devices and precision (Lightning Fabric). None of these change what is computed on CPU."""
 
     accelerator: str = "auto"  # auto | cpu | cuda | gpu | mps
-    devices: str = "auto"  # auto, a count ("2") or ids ("0,1"); torchrun sets the processes
+    devices: int | str = "auto"  # auto, a count (2) or ids ("0,1"); under torchrun: its processes
     precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU
     num_threads: int | None = None  # CPU threads for torch; None = all cores
     channels_last: bool | None = None  # None = on for GPU, off for CPU

@@ -81,6 +81,12 @@ def build_optimizer(stage: StageConfig, model: nn.Module) -> torch.optim.Optimiz
     )
 
 
+def _on_device(dataset) -> bool:
+    """Whether an in-memory dataset already lives on an accelerator (then nothing is pinned)."""
+    images = getattr(dataset, "images", None)
+    return images is not None and images.device.type != "cpu"
+
+
 def _new_progress() -> dict:
     return {"epoch": 0, "step": 0, "best_top1": -1.0, "best_top5": 0.0, "best_epoch": 0,
             "time_s": 0.0, "history": []}  # fmt: skip
@@ -104,7 +110,7 @@ def train_stage(fabric: Fabric, job: StageJob, model: nn.Module, teacher: nn.Mod
     loader = build_loader(
         job.train_set, per_rank_batch, train=True, num_workers=job.data.num_workers,
         seed=derive_seed(job.seed, job.index), rank=rank, world_size=world,
-        pin_memory=device.type == "cuda",
+        pin_memory=device.type == "cuda" and not _on_device(job.train_set),
     )  # fmt: skip
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:

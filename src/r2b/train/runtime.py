@@ -17,7 +17,13 @@ from r2b.errors import UserError
 from r2b.train.config import RuntimeConfig
 
 
-def _devices(text: str):
+def _launched_by_torchrun() -> bool:
+    return "LOCAL_WORLD_SIZE" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def _devices(text: int | str):
+    if isinstance(text, int):
+        return text
     text = str(text).strip()
     if text == "auto":
         return "auto"
@@ -54,10 +60,16 @@ def make_fabric(cfg: RuntimeConfig) -> Fabric:
             f"runtime.accelerator is {accelerator} but no CUDA GPU is visible; "
             "use --set runtime.accelerator=auto (or cpu)"
         )
+    devices, num_nodes = _devices(cfg.devices), 1
+    if _launched_by_torchrun() and devices == "auto":
+        # torchrun decides the processes: one device per local process, on every node
+        devices = int(os.environ["LOCAL_WORLD_SIZE"])
+        num_nodes = max(1, int(os.environ["WORLD_SIZE"]) // devices)
     try:
         fabric = Fabric(
             accelerator=accelerator,
-            devices=_devices(cfg.devices),
+            devices=devices,
+            num_nodes=num_nodes,
             strategy="auto",
             precision=resolve_precision(cfg),
         )
@@ -90,7 +102,7 @@ def describe(fabric: Fabric) -> str:
     else:
         where = f"{dev.type} ({torch.get_num_threads()} threads)"
     procs = fabric.world_size
-    nodes = int(os.environ.get("NNODES", os.environ.get("GROUP_WORLD_SIZE", "1")) or 1)
+    nodes = getattr(fabric, "num_nodes", 1)
     extra = f", {nodes} nodes" if nodes > 1 else ""
     precision = getattr(fabric, "r2b_precision", type(fabric.strategy.precision).__name__)
     return f"{where}, {precision}, {procs} process{'es' if procs > 1 else ''}{extra}"

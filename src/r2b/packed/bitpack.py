@@ -6,8 +6,8 @@ little-endian. Tail bits past the last channel are ``0`` in activations and weig
 never count as a mismatch in ``popcount(x XOR w)``.
 
 Weights are stored canonically as ``(O, kh, kw, Kw)`` words (one row of taps per output channel,
-as a conv weight ``(O, C, kh, kw)`` with ``C`` packed); the kernels use the transposed
-``(kh * kw * Kw, Opad)`` layout, output channels innermost and padded to a multiple of 8.
+as a conv weight ``(O, C, kh, kw)`` with ``C`` packed); the kernels use
+``(ceil(O / 16), kh * kw * Kw, 16)``: blocks of 16 output channels, channels innermost.
 """
 
 from __future__ import annotations
@@ -58,15 +58,15 @@ def unpack_weight(bits: np.ndarray, channels: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(signs.transpose(0, 3, 1, 2)))
 
 
-def kernel_layout(bits: np.ndarray) -> np.ndarray:
-    """Canonical ``(O, kh, kw, Kw)`` bits -> the kernels' ``(kh * kw * Kw, Opad)`` layout.
+def kernel_layout(bits: np.ndarray, block: int = 16) -> np.ndarray:
+    """Canonical ``(O, kh, kw, Kw)`` bits -> the kernels' ``(ceil(O / block), kh*kw*Kw, block)``.
 
-    ``Opad`` is ``O`` rounded up to a multiple of 8; the extra columns are zero and their results
-    are never stored.
+    Output channels are grouped in blocks of ``block``; a block's rows (one per tap and word, in
+    the order ``(i * kw + j) * Kw + word``) are contiguous. Padding channels of the last block are
+    zero and their results are never stored.
     """
     out_ch = bits.shape[0]
-    o_pad = -(-out_ch // 8) * 8
-    rows = bits.reshape(out_ch, -1).T
-    wb = np.zeros((rows.shape[0], o_pad), dtype=np.uint64)
-    wb[:, :out_ch] = rows
-    return wb
+    n_blocks = -(-out_ch // block)
+    rows = np.zeros((n_blocks * block, int(np.prod(bits.shape[1:]))), dtype=np.uint64)
+    rows[:out_ch] = bits.reshape(out_ch, -1)
+    return np.ascontiguousarray(rows.reshape(n_blocks, block, -1).transpose(0, 2, 1))

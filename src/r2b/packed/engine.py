@@ -16,7 +16,7 @@ from torch import nn
 
 from r2b.errors import UserError
 from r2b.packed.bitpack import pack_weight
-from r2b.packed.layers import PackedBinaryConv2d, PackedHalfBlock
+from r2b.packed.layers import PackedBinaryConv2d, PackedHalfBlock, PackedStem
 
 
 class PackedResNet(nn.Module):
@@ -43,8 +43,11 @@ class PackedResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             x = self.stem(x.to(torch.float32).contiguous())
-            for half in self.halves:
-                x = half(x)
+            halves = list(self.halves)
+            xp, y = halves[0].prepare(x)
+            for i, half in enumerate(halves):
+                nxt = halves[i + 1] if i + 1 < len(halves) else None
+                x, xp, y = half.run(x, xp, y, nxt)
             return self.fc(torch.flatten(self.pool(x), 1))
 
     def train(self, mode: bool = True) -> PackedResNet:
@@ -115,7 +118,18 @@ def assemble(model: nn.Module, convs: list[dict]) -> PackedResNet:
             )
         )
     arch = getattr(model, "arch", {})
-    return PackedResNet(arch, _frozen(model.stem), halves, _frozen(model.pool), _frozen(model.fc))
+    stem = _packed_stem(_frozen(model.stem))
+    return PackedResNet(arch, stem, halves, _frozen(model.pool), _frozen(model.fc))
+
+
+def _packed_stem(stem: nn.Sequential) -> nn.Module:
+    """``PackedStem`` for the model's ``conv, BN, PReLU[, max-pool]``; other stems stay as
+    they are."""
+    layers = list(stem)
+    kinds = (nn.Conv2d, nn.BatchNorm2d, nn.PReLU)
+    if len(layers) in (3, 4) and all(isinstance(m, k) for m, k in zip(layers, kinds)):
+        return PackedStem(*layers[:3], layers[3] if len(layers) == 4 else None)
+    return stem
 
 
 def _frozen(m):

@@ -1,4 +1,4 @@
-"""Compiled CPU kernels of the packed engine: sign-and-pack, XOR/popcount convolution, epilogue.
+"""Compiled CPU kernels of the packed engine: BN-sign-pack, XOR/popcount convolution, epilogues.
 
 Bit convention (``r2b.packed.bitpack``): a ±1 value is one bit, ``1`` for ``-1`` and ``0`` for
 ``+1``; channels are packed along 64-bit words, channel ``c`` is bit ``c % 64`` of word ``c // 64``.
@@ -6,193 +6,667 @@ For two ±1 vectors ``a, b`` of length ``K`` packed that way (unused tail bits z
 
     sum_i a_i * b_i = K - 2 * popcount(a XOR b)
 
-(each differing pair contributes ``-1`` instead of ``+1``). A ``k x k`` binary convolution sums
-that over its taps; with padding by ``+1`` the padded taps are zero words, so the padded input is a
-zeroed border and ``K = k * k * C`` for every output pixel (Rastegari et al., XNOR-Net, 2016;
-the popcount formulation as in Larq Compute Engine, Bannink et al. 2021).
+(each differing pair contributes ``-1`` instead of ``+1``; XNOR-Net, Rastegari et al. 2016). A
+``k x k`` binary convolution sums that over its taps. Padding by ``+1`` is a border of zero words
+(padding by ``-1`` a border of all-ones words), so every output has ``K = k * k * C`` products.
 
 Layouts:
 
 - packed activations ``xp``: ``(N, H + 2p, W + 2p, Kw)`` uint64, ``Kw = ceil(C / 64)``, NHWC with
-  the channel words innermost and a zero (``+1``) border of width ``p``.
-- packed weights ``wb``: ``(kh * kw * Kw, Opad)`` uint64, row ``(i * kw + j) * Kw + word``,
-  output channels innermost (``Opad`` = ``O`` rounded up to 8), so that the inner loop runs over
-  output channels in 512-bit vectors: one activation word is broadcast, XOR-ed with 8 weight
-  words, popcounted (``VPOPCNTQ`` on AVX-512, a byte-table sequence on AVX2/NEON) and added.
-- convolution output: ``(N, O, OH, OW)``, the layout of the PyTorch layers around it.
+  the channel words innermost and the padding border already in place.
+- packed weights ``wt``: ``(ceil(O / 16), kh * kw * Kw, 16)`` uint64: blocks of 16 output channels,
+  one row of 16 words per (tap, word) in the order ``(i * kw + j) * Kw + word``.
+- float tensors: ``(N, C, H, W)``, the layout of the PyTorch layers around the kernels.
 
-Blocking: a task is one output row of one image for one block of ``_OB`` output channels
-(``prange`` over tasks, so both small and large maps split evenly over the threads); inside it
-``_MR`` output pixels share every weight vector load. Integer accumulators are ``int32``.
+Register tile (``_tile``): 4 output pixels of a row x 16 output channels, accumulated in 8 vector
+registers of 8 x int64 over all taps. Per (tap, word): 2 weight vector loads, 4 broadcasts, 8 XOR,
+8 popcounts (``VPOPCNTQ`` on AVX-512 VPOPCNTDQ; LLVM lowers the same IR to byte-table popcounts on
+AVX2 and ``CNT`` on NEON), 8 adds. It is written as LLVM IR through a numba intrinsic because
+LLVM's loop vectoriser, left alone, vectorises the reduction over taps instead and keeps the
+accumulators in memory. A task is one output row of one image for 64 output channels (one word of
+the next layer's packed input), so maps of every size split evenly over the threads.
 
-All kernels are compiled by numba (LLVM) for the host CPU and cached on disk (``cache=True``).
-The float epilogue is compiled *without* fast-math: its multiply, PReLU and add are rounded one by
-one exactly as PyTorch's ops are, so the packed network reproduces the float network bit for bit.
+Float arithmetic is PyTorch's, operation by operation (compiled *without* fast-math, so nothing is
+contracted or reordered): BatchNorm in eval mode is ``y = x * a + b`` with PyTorch's per-channel
+``a, b`` (``bn_coefficients``), computed as a fused multiply-add or as a product and a sum --
+whichever this machine's PyTorch does, found by ``probe_bn_mode``; then ``sign``, PReLU
+``v > 0 ? v : w * v``, the scale products and the residual add, each rounded once. The packed
+network therefore reproduces the float network bit for bit.
+
+Kernels run as tasks on PyTorch's OpenMP threads (``r2b.packed.parallel``); all are compiled by
+numba for the host CPU and cached on disk (``cache=True``).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange, types
+from llvmlite import ir
+from numba import carray, cfunc, njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
-#: Output channels per task (a multiple of 8: one 512-bit vector of uint64 holds 8).
-_OB = 64
-#: Output pixels per inner tile (they share the weight vector loads).
-_MR = 4
+#: Output channels of a register tile (2 vectors of 8 x uint64).
+TILE_O = 16
+#: Output pixels of a register tile.
+TILE_P = 4
+#: Output channels per task: one 64-bit word of the next layer's packed input.
+TASK_O = 64
+
+#: BatchNorm arithmetic: ``y = x`` (already normalised), ``fma(x, a, b)``, ``x * a + b``.
+BN_NONE, BN_FMA, BN_MUL_ADD = 0, 1, 2
+
+_WORKER_SIG = types.void(types.voidptr)
+
+
+# ------------------------------------------------------------------ launching on OpenMP threads
+# A kernel is a C callback (``cfunc``) that takes tasks from an atomic counter; the launcher
+# (``njit``) packs its arguments into one int64 array -- scalars as they are, arrays as address
+# and shape -- and hands callback and array to ``GOMP_parallel`` of PyTorch's OpenMP runtime
+# (``r2b.packed.parallel``). All compiled code lives in this file because numba's disk cache
+# tracks only the file that defines a function.
+
+#: Slots of a worker's argument array used by the launcher itself; kernel arguments follow.
+ARG_TID_FN, ARG_COUNTER, ARG_N_TASKS = 0, 1, 2
 
 
 @intrinsic
-def popcount(typingctx, x):
-    """Number of set bits of an unsigned integer: LLVM's ``ctpop``, which vectorises."""
-    if not isinstance(x, types.Integer):
-        return None
+def _call_parallel(typingctx, par_addr, worker_addr, data_addr, n_threads):
+    """``GOMP_parallel(worker, data, n_threads, 0)`` through its address."""
+    sig = types.void(types.intp, types.intp, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
-        return builder.ctpop(args[0])
+        par, worker, data, n_threads = args
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        wty = ir.FunctionType(ir.VoidType(), [i8p])
+        pty = ir.FunctionType(ir.VoidType(), [wty.as_pointer(), i8p, i32, i32])
+        fn = builder.inttoptr(par, pty.as_pointer())
+        builder.call(
+            fn,
+            [builder.inttoptr(worker, wty.as_pointer()), builder.inttoptr(data, i8p),
+             builder.trunc(n_threads, i32), ir.Constant(i32, 0)],
+        )  # fmt: skip
+        return context.get_dummy_value()
 
-    return x(x), codegen
+    return sig, codegen
 
 
-@njit(parallel=True, cache=True)
-def pack_signs(y, pad, out):
-    """Pack ``sign(y)`` of a float ``(N, C, H, W)`` array into ``out`` ``(N, H+2p, W+2p, Kw)``.
+@intrinsic
+def _call_worker(typingctx, worker_addr, data_addr):
+    """``worker(data)`` on the calling thread."""
+    sig = types.void(types.intp, types.intp)
 
-    Bit ``c % 64`` of word ``c // 64`` is ``1`` where ``not (y >= 0)`` (value ``-1``; ``sign(0) =
-    +1`` as the training quantizer). Only the interior is written: the border must already be 0.
-    """
-    n_img, channels, height, width = y.shape
-    n_words = out.shape[3]
-    for task in prange(n_img * height):
-        n = task // height
-        h = task - n * height
-        row = np.empty(width, np.uint64)
-        for word in range(n_words):
-            row[:] = 0
-            c0 = word * 64
-            c1 = min(channels, c0 + 64)
-            for c in range(c0, c1):
-                shift = np.uint64(c - c0)
-                src = y[n, c, h]
-                for w in range(width):
-                    bit = np.uint64(0) if src[w] >= 0 else np.uint64(1)
-                    row[w] |= bit << shift
-            dst = out[n, h + pad]
-            for w in range(width):
-                dst[w + pad, word] = row[w]
+    def codegen(context, builder, signature, args):
+        i8p = ir.IntType(8).as_pointer()
+        wty = ir.FunctionType(ir.VoidType(), [i8p])
+        fn = builder.inttoptr(args[0], wty.as_pointer())
+        builder.call(fn, [builder.inttoptr(args[1], i8p)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _fetch_add(typingctx, addr):
+    """Atomically ``*addr += 1`` on an int64; returns the old value."""
+    sig = types.int64(types.intp)
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        ptr = builder.inttoptr(args[0], i64.as_pointer())
+        return builder.atomic_rmw("add", ptr, ir.Constant(i64, 1), "monotonic")
+
+    return sig, codegen
+
+
+def _pointer_cast(numba_type):
+    @intrinsic
+    def cast(typingctx, addr):
+        sig = types.CPointer(numba_type)(types.intp)
+
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], context.get_value_type(numba_type).as_pointer())
+
+        return sig, codegen
+
+    return cast
+
+
+@intrinsic
+def _void_to_int(typingctx, ptr):
+    sig = types.intp(types.voidptr)
+
+    def codegen(context, builder, signature, args):
+        return builder.ptrtoint(args[0], ir.IntType(64))
+
+    return sig, codegen
+
+
+_as_f32 = _pointer_cast(types.float32)
+_as_u64 = _pointer_cast(types.uint64)
+_as_i64 = _pointer_cast(types.int64)
+_as_i32 = _pointer_cast(types.int32)
 
 
 @njit(inline="always")
-def _conv_row(xp, wb, n, oh, o0, n_out, kh, kw, stride, out_w, acc):
-    """Mismatch counts of one output row: ``acc[ow, o] = sum popcount(x XOR w)`` for
-    output channels ``o0 .. o0 + n_out`` (``n_out`` a multiple of 8 within ``Opad``)."""
-    n_words = xp.shape[3]
-    for ow0 in range(0, out_w, _MR):
-        # pixels of the tile; past the row end they repeat the last pixel and are not stored
-        p0 = ow0
-        p1 = min(ow0 + 1, out_w - 1)
-        p2 = min(ow0 + 2, out_w - 1)
-        p3 = min(ow0 + 3, out_w - 1)
-        a0 = acc[0]
-        a1 = acc[1]
-        a2 = acc[2]
-        a3 = acc[3]
-        a0[:n_out] = 0
-        a1[:n_out] = 0
-        a2[:n_out] = 0
-        a3[:n_out] = 0
-        for i in range(kh):
-            src = xp[n, oh * stride + i]
-            for j in range(kw):
-                c0 = p0 * stride + j
-                c1 = p1 * stride + j
-                c2 = p2 * stride + j
-                c3 = p3 * stride + j
-                for word in range(n_words):
-                    x0 = src[c0, word]
-                    x1 = src[c1, word]
-                    x2 = src[c2, word]
-                    x3 = src[c3, word]
-                    wrow = wb[(i * kw + j) * n_words + word, o0 : o0 + n_out]
-                    for o in range(n_out):
-                        wv = wrow[o]
-                        a0[o] += np.int32(popcount(x0 ^ wv))
-                        a1[o] += np.int32(popcount(x1 ^ wv))
-                        a2[o] += np.int32(popcount(x2 ^ wv))
-                        a3[o] += np.int32(popcount(x3 ^ wv))
-        for t in range(min(_MR, out_w - ow0)):
-            dst = acc[_MR + ow0 + t]
-            srow = acc[t]
-            for o in range(n_out):
-                dst[o] = srow[o]
+def _put_array(args, slot, arr):
+    """Store ``arr``'s address and shape at ``args[slot:]``; returns the next free slot."""
+    args[slot] = arr.ctypes.data
+    for d in range(arr.ndim):
+        args[slot + 1 + d] = arr.shape[d]
+    return slot + 1 + arr.ndim
 
 
-def _blocks(n_channels_padded: int) -> tuple[int, int]:
-    """(block width, number of blocks) of the output channels."""
-    width = min(_OB, n_channels_padded)
-    return width, (n_channels_padded + width - 1) // width
+@njit(inline="always")
+def _args_view(data, n):
+    return carray(_as_i64(_void_to_int(data)), (n,))
 
 
-@njit(parallel=True, cache=True)
-def conv_int(xp, wb, n_out_ch, k_total, kh, kw, stride, out):
+@njit(inline="always")
+def _get_f32_1d(args, s):
+    return carray(_as_f32(args[s]), (args[s + 1],))
+
+
+@njit(inline="always")
+def _get_f32_2d(args, s):
+    return carray(_as_f32(args[s]), (args[s + 1], args[s + 2]))
+
+
+@njit(inline="always")
+def _get_f32_4d(args, s):
+    return carray(_as_f32(args[s]), (args[s + 1], args[s + 2], args[s + 3], args[s + 4]))
+
+
+@njit(inline="always")
+def _get_i32_4d(args, s):
+    return carray(_as_i32(args[s]), (args[s + 1], args[s + 2], args[s + 3], args[s + 4]))
+
+
+@njit(inline="always")
+def _get_u64_3d(args, s):
+    return carray(_as_u64(args[s]), (args[s + 1], args[s + 2], args[s + 3]))
+
+
+@njit(inline="always")
+def _get_u64_4d(args, s):
+    return carray(_as_u64(args[s]), (args[s + 1], args[s + 2], args[s + 3], args[s + 4]))
+
+
+@njit(inline="always")
+def _next_task(args):
+    """The next task index for this thread (``>= n_tasks`` when none is left)."""
+    return _fetch_add(args.ctypes.data + 8 * ARG_COUNTER)
+
+
+@njit(inline="always")
+def _run_parallel(args, n_tasks, launch):
+    """Run the worker ``launch[2]`` over ``n_tasks`` tasks on ``launch[3]`` OpenMP threads.
+
+    Returns the final task counter (at least ``n_tasks``).
+    """
+    par, tid, worker, n_threads = launch
+    args[ARG_TID_FN] = tid  # reserved: omp_get_thread_num, for kernels that need it
+    args[ARG_COUNTER] = 0
+    args[ARG_N_TASKS] = n_tasks
+    n_threads = min(n_threads, n_tasks)
+    if par != 0 and n_threads > 1:
+        _call_parallel(par, worker, args.ctypes.data, n_threads)
+    else:
+        _call_worker(worker, args.ctypes.data)
+    # A use of ``args`` after the call: numba frees an array after its last use, and the workers
+    # read it through a raw address that numba does not track.
+    return args[ARG_COUNTER]
+
+
+# ------------------------------------------------------------------ intrinsics
+
+
+@intrinsic
+def _fma(typingctx, x, a, b):
+    """``x * a + b`` rounded once (LLVM ``fma``; vectorisable)."""
+    if not all(isinstance(t, types.Float) for t in (x, a, b)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+
+    return x(x, a, b), codegen
+
+
+def _make_tile(n_pix: int, n_vec: int):
+    """A numba intrinsic ``tile(xaddr, xpix, xrow, waddr, kh, q_len, accaddr)``.
+
+    Mismatch counts of ``n_pix`` pixels x ``8 * n_vec`` output channels::
+
+        acc[t, o] = sum_{i < kh, q < q_len} popcount(x[xaddr + t*xpix + i*xrow + q]
+                                                     XOR w[waddr + (i*q_len + q) * 8*n_vec + o])
+
+    (addresses and strides in 64-bit words from byte addresses ``xaddr``, ``waddr``; ``acc`` is
+    int64 ``n_pix x 8*n_vec``, overwritten).
+    """
+    lanes = 8
+    width = lanes * n_vec
+
+    def codegen(context, builder, signature, args):
+        xaddr, xpix, xrow, waddr, kh, q_len, accaddr = args
+        i64 = ir.IntType(64)
+        vec = ir.VectorType(i64, lanes)
+        ctpop = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vec]), "llvm.ctpop.v8i64"
+        )
+        xbase = builder.inttoptr(xaddr, i64.as_pointer())
+        wbase = builder.inttoptr(waddr, i64.as_pointer())
+        abase = builder.inttoptr(accaddr, vec.as_pointer())
+        splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+        slots = []
+        for _ in range(n_pix * n_vec):
+            slot = cgutils.alloca_once(builder, vec)
+            builder.store(ir.Constant(vec, [0] * lanes), slot)
+            slots.append(slot)
+        w_row = builder.mul(q_len, ir.Constant(i64, width))
+        with cgutils.for_range(builder, kh) as row_loop:
+            xi = builder.gep(xbase, [builder.mul(row_loop.index, xrow)])
+            wi = builder.gep(wbase, [builder.mul(row_loop.index, w_row)])
+            with cgutils.for_range(builder, q_len) as loop:
+                q = loop.index
+                wq = builder.gep(wi, [builder.mul(q, ir.Constant(i64, width))])
+                wv = []
+                for v in range(n_vec):
+                    ptr = builder.bitcast(builder.gep(wq, [ir.Constant(i64, lanes * v)]),
+                                          vec.as_pointer())  # fmt: skip
+                    wv.append(builder.load(ptr, align=8))
+                for t in range(n_pix):
+                    off = builder.add(builder.mul(ir.Constant(i64, t), xpix), q)
+                    xs = builder.load(builder.gep(xi, [off]), align=8)
+                    xv = builder.insert_element(
+                        ir.Constant(vec, ir.Undefined), xs, ir.Constant(ir.IntType(32), 0)
+                    )
+                    xv = builder.shuffle_vector(xv, ir.Constant(vec, ir.Undefined), splat)
+                    for v in range(n_vec):
+                        slot = slots[t * n_vec + v]
+                        count = builder.call(ctpop, [builder.xor(xv, wv[v])])
+                        builder.store(builder.add(builder.load(slot), count), slot)
+        for k, slot in enumerate(slots):
+            builder.store(builder.load(slot), builder.gep(abase, [ir.Constant(i64, k)]), align=8)
+        return context.get_dummy_value()
+
+    def typer(typingctx, xaddr, xpix, xrow, waddr, kh, q_len, accaddr):
+        sig = types.void(*([types.intp] * 7))
+        return sig, codegen
+
+    return intrinsic(typer)
+
+
+_tile = _make_tile(TILE_P, TILE_O // 8)
+_tile1 = _make_tile(1, TILE_O // 8)
+
+
+# ------------------------------------------------------------------ row helpers
+
+
+@njit(inline="always")
+def _bn_row(src, mode, a, b, dst):
+    """``dst = BN(src)`` for one channel row, in the arithmetic ``mode``."""
+    if mode == BN_FMA:
+        for w in range(src.shape[0]):
+            dst[w] = _fma(src[w], a, b)
+    elif mode == BN_MUL_ADD:
+        for w in range(src.shape[0]):
+            dst[w] = src[w] * a + b
+    else:
+        for w in range(src.shape[0]):
+            dst[w] = src[w]
+
+
+@njit(inline="always")
+def _bn_channels(src, mode, a, b, dst):
+    """``dst = BN(src)`` along channels (per-element coefficients ``a``, ``b``)."""
+    if mode == BN_FMA:
+        for c in range(src.shape[0]):
+            dst[c] = _fma(src[c], a[c], b[c])
+    elif mode == BN_MUL_ADD:
+        for c in range(src.shape[0]):
+            dst[c] = src[c] * a[c] + b[c]
+    else:
+        for c in range(src.shape[0]):
+            dst[c] = src[c]
+
+
+@njit(inline="always")
+def _or_signs(y, shift, bits):
+    """``bits[w] |= (not y[w] >= 0) << shift``: the sign bits of one channel row."""
+    for w in range(y.shape[0]):
+        bits[w] |= np.uint64(0 if y[w] >= 0 else 1) << shift
+
+
+@njit(inline="always")
+def _mismatch_row(xp, wt, n, oh, blk0, n_blk, kh, kw, stride, rows, acc):
+    """Mismatch counts of output row ``oh`` of image ``n`` for the 16-channel weight blocks
+    ``blk0 .. blk0 + n_blk``: ``rows[b * 16 + o, ow]`` (int32)."""
+    hp, wp, n_words = xp.shape[1], xp.shape[2], xp.shape[3]
+    out_w = rows.shape[1]
+    q_len = kw * n_words
+    xrow = wp * n_words
+    xpix = stride * n_words
+    x0 = xp.ctypes.data + 8 * ((n * hp + oh * stride) * wp * n_words)
+    a_addr = acc.ctypes.data
+    full = out_w - out_w % TILE_P
+    for b in range(n_blk):
+        w_addr = wt.ctypes.data + 8 * ((blk0 + b) * wt.shape[1] * TILE_O)
+        r0 = b * TILE_O
+        for ow0 in range(0, full, TILE_P):
+            _tile(x0 + 8 * ow0 * xpix, xpix, xrow, w_addr, kh, q_len, a_addr)
+            for o in range(TILE_O):
+                for t in range(TILE_P):
+                    rows[r0 + o, ow0 + t] = acc[t, o]
+        for ow in range(full, out_w):
+            _tile1(x0 + 8 * ow * xpix, xpix, xrow, w_addr, kh, q_len, a_addr)
+            for o in range(TILE_O):
+                rows[r0 + o, ow] = acc[0, o]
+
+
+# ------------------------------------------------------------------ BN + sign + pack
+
+
+@njit(cache=True)
+def _bn_pack_task(task, x, mode, bn_a, bn_b, pad, xp, write_y, y):
+    """Row ``h`` of image ``n``: ``y = BN(x)``, sign bits into ``xp`` (and ``y`` if asked)."""
+    height = x.shape[2]
+    n = task // height
+    h = task - n * height
+    channels, width = x.shape[1], x.shape[3]
+    bits = np.empty(width, np.uint64)
+    yrow = np.empty(width, np.float32)
+    for word in range(xp.shape[3]):
+        bits[:] = 0
+        c0 = word * 64
+        for c in range(c0, min(channels, c0 + 64)):
+            _bn_row(x[n, c, h], mode, bn_a[c], bn_b[c], yrow)
+            _or_signs(yrow, np.uint64(c - c0), bits)
+            if write_y:
+                y[n, c, h, :] = yrow
+        dst = xp[n, h + pad]
+        for w in range(width):
+            dst[w + pad, word] = bits[w]
+
+
+@cfunc(_WORKER_SIG, cache=True)
+def _bn_pack_worker(data):
+    args = _args_view(data, 32)
+    x = _get_f32_4d(args, 3)
+    bn_a = _get_f32_1d(args, 8)
+    bn_b = _get_f32_1d(args, 10)
+    xp = _get_u64_4d(args, 12)
+    y = _get_f32_4d(args, 17)
+    mode, pad, write_y = args[22], args[23], args[24]
+    n_tasks = args[ARG_N_TASKS]
+    task = _next_task(args)
+    while task < n_tasks:
+        _bn_pack_task(task, x, mode, bn_a, bn_b, pad, xp, write_y, y)
+        task = _next_task(args)
+
+
+@njit(cache=True, nogil=True)
+def bn_pack(x, mode, bn_a, bn_b, pad, xp, write_y, y, launch):
+    """``xp[n, h+p, w+p]`` = sign bits of ``y = BN(x)`` over channels; ``y`` written if asked.
+
+    ``x``, ``y``: ``(N, C, H, W)`` float32; ``xp``: ``(N, H+2p, W+2p, Kw)`` uint64 whose border
+    already holds the padding; ``mode``: ``BN_NONE`` / ``BN_FMA`` / ``BN_MUL_ADD``.
+    """
+    args = np.empty(32, np.int64)
+    _put_array(args, 3, x)
+    _put_array(args, 8, bn_a)
+    _put_array(args, 10, bn_b)
+    _put_array(args, 12, xp)
+    _put_array(args, 17, y)
+    args[22], args[23], args[24] = mode, pad, write_y
+    _run_parallel(args, x.shape[0] * x.shape[2], launch)
+
+
+# ------------------------------------------------------------------ integer conv
+
+
+@njit(cache=True)
+def _conv_int_task(task, xp, wt, n_out_ch, k_total, kh, kw, stride, out):
+    out_h, out_w = out.shape[2], out.shape[3]
+    per_task = TASK_O // TILE_O
+    n_task_o = (wt.shape[0] + per_task - 1) // per_task
+    blk0 = (task % n_task_o) * per_task
+    r = task // n_task_o
+    oh = r % out_h
+    n = r // out_h
+    n_blk = min(per_task, wt.shape[0] - blk0)
+    rows = np.empty((n_blk * TILE_O, out_w), np.int32)
+    acc = np.empty((TILE_P, TILE_O), np.int64)
+    _mismatch_row(xp, wt, n, oh, blk0, n_blk, kh, kw, stride, rows, acc)
+    o0 = blk0 * TILE_O
+    for o in range(min(n_blk * TILE_O, n_out_ch - o0)):
+        dst = out[n, o0 + o, oh]
+        src = rows[o]
+        for ow in range(out_w):
+            dst[ow] = k_total - 2 * src[ow]
+
+
+@cfunc(_WORKER_SIG, cache=True)
+def _conv_int_worker(data):
+    args = _args_view(data, 32)
+    xp = _get_u64_4d(args, 3)
+    wt = _get_u64_3d(args, 8)
+    out = _get_i32_4d(args, 12)
+    n_out_ch, k_total, kh, kw, stride = args[17], args[18], args[19], args[20], args[21]
+    n_tasks = args[ARG_N_TASKS]
+    task = _next_task(args)
+    while task < n_tasks:
+        _conv_int_task(task, xp, wt, n_out_ch, k_total, kh, kw, stride, out)
+        task = _next_task(args)
+
+
+@njit(cache=True, nogil=True)
+def conv_int(xp, wt, n_out_ch, k_total, kh, kw, stride, out, launch):
     """Integer binary convolution ``out[n, o, oh, ow] = K - 2 * mismatches`` (int32 output).
 
-    Equals ``conv2d(pad(sign(x), +1), sign(W))`` exactly: the integer result of the float graph.
+    Equals ``conv2d(pad(sign(x), pad_value), sign(W))`` of the float graph exactly.
     """
-    n_img = xp.shape[0]
+    args = np.empty(32, np.int64)
+    _put_array(args, 3, xp)
+    _put_array(args, 8, wt)
+    _put_array(args, 12, out)
+    args[17], args[18], args[19], args[20], args[21] = n_out_ch, k_total, kh, kw, stride
+    n_task_o = (wt.shape[0] * TILE_O + TASK_O - 1) // TASK_O
+    _run_parallel(args, out.shape[0] * out.shape[2] * n_task_o, launch)
+
+
+# ------------------------------------------------------------------ half block
+
+
+@njit(cache=True)
+def _half_task(task, xp, wt, geo, alpha, gain, slope, shortcut, out, nxt, bn_a, bn_b, xp2, y2):
+    """One output row x 64 channels of a half block, and of the next half block's packed input.
+
+    ``geo = (n_out_ch, K, kh, kw, stride)``; ``nxt = (fuse, bn mode, pad, write_y)``.
+    """
+    n_out_ch, k_total, kh, kw, stride = geo[0], geo[1], geo[2], geo[3], geo[4]
+    fuse, mode, pad2, write_y = nxt[0], nxt[1], nxt[2], nxt[3]
     out_h, out_w = out.shape[2], out.shape[3]
-    o_pad = wb.shape[1]
-    blk = min(_OB, o_pad)
-    n_blk = (o_pad + blk - 1) // blk
-    for task in prange(n_img * out_h * n_blk):
-        b = task % n_blk
-        r = task // n_blk
-        oh = r % out_h
-        n = r // out_h
-        o0 = b * blk
-        n_o = min(blk, o_pad - o0)
-        acc = np.empty((_MR + out_w, blk), np.int32)
-        _conv_row(xp, wb, n, oh, o0, n_o, kh, kw, stride, out_w, acc)
-        for o in range(min(n_o, n_out_ch - o0)):
-            for ow in range(out_w):
-                out[n, o0 + o, oh, ow] = k_total - 2 * acc[_MR + ow, o]
+    per_task = TASK_O // TILE_O
+    n_task_o = (wt.shape[0] + per_task - 1) // per_task
+    tb = task % n_task_o
+    r = task // n_task_o
+    oh = r % out_h
+    n = r // out_h
+    blk0 = tb * per_task
+    n_blk = min(per_task, wt.shape[0] - blk0)
+    rows = np.empty((n_blk * TILE_O, out_w), np.int32)
+    acc = np.empty((TILE_P, TILE_O), np.int64)
+    _mismatch_row(xp, wt, n, oh, blk0, n_blk, kh, kw, stride, rows, acc)
+    bits = np.zeros(out_w, np.uint64)
+    yrow = np.empty(out_w, np.float32)
+    o0 = blk0 * TILE_O
+    for o in range(min(n_blk * TILE_O, n_out_ch - o0)):
+        oc = o0 + o
+        a = alpha[oc]
+        g = gain[n, oc]
+        s = slope[oc]
+        dst = out[n, oc, oh]
+        res = shortcut[n, oc, oh]
+        src = rows[o]
+        for ow in range(out_w):
+            v = np.float32(k_total - 2 * src[ow]) * a
+            v = v * g
+            if not v > 0:
+                v = s * v
+            dst[ow] = v + res[ow]
+        if fuse:
+            _bn_row(dst, mode, bn_a[oc], bn_b[oc], yrow)
+            _or_signs(yrow, np.uint64(o), bits)
+            if write_y:
+                y2[n, oc, oh, :] = yrow
+    if fuse:
+        row2 = xp2[n, oh + pad2]
+        for ow in range(out_w):
+            row2[ow + pad2, tb] = bits[ow]
 
 
-@njit(parallel=True, cache=True)
-def conv_epilogue(xp, wb, n_out_ch, k_total, kh, kw, stride, alpha, gain, slope, shortcut, out):
-    """Binary convolution fused with the half block's float epilogue (float32, no fast-math)::
+@cfunc(_WORKER_SIG, cache=True)
+def _half_worker(data):
+    args = _args_view(data, 64)
+    xp = _get_u64_4d(args, 3)
+    wt = _get_u64_3d(args, 8)
+    alpha = _get_f32_1d(args, 12)
+    gain = _get_f32_2d(args, 14)
+    slope = _get_f32_1d(args, 17)
+    shortcut = _get_f32_4d(args, 19)
+    out = _get_f32_4d(args, 24)
+    bn_a = _get_f32_1d(args, 29)
+    bn_b = _get_f32_1d(args, 31)
+    xp2 = _get_u64_4d(args, 33)
+    y2 = _get_f32_4d(args, 38)
+    geo = args[43:48]
+    nxt = args[48:52]
+    n_tasks = args[ARG_N_TASKS]
+    task = _next_task(args)
+    while task < n_tasks:
+        _half_task(task, xp, wt, geo, alpha, gain, slope, shortcut, out, nxt, bn_a, bn_b, xp2, y2)
+        task = _next_task(args)
+
+
+@njit(cache=True, nogil=True)
+def half_block(xp, wt, geo, alpha, gain, slope, shortcut, out, nxt, bn_a, bn_b, xp2, y2, launch):
+    """Binary conv fused with the half block's float epilogue and the next block's BN + pack::
 
         c   = float(K - 2 * mismatches)          exact integer
         v   = (c * alpha[o]) * gain[n, o]        weight scale, then learned scale or gate
         out = (v if v > 0 else slope[o] * v) + shortcut[n, o, oh, ow]      PReLU, residual add
+        if fuse:  xp2 <- sign bits of y2 = BN_next(out)   (y2 written if write_y)
 
-    Each product and the add round once, in PyTorch's order, so ``out`` is bit-identical to the
-    float half block (``alpha = 1`` when the conv has no weight scale: multiplying by 1 is exact).
+    ``geo = (n_out_ch, K, kh, kw, stride)``; ``nxt = (fuse, bn mode, pad, write_y)`` (int64).
+    ``alpha = 1`` when the conv has no weight scale: multiplying by 1 is exact.
     """
-    n_img = xp.shape[0]
+    args = np.empty(64, np.int64)
+    _put_array(args, 3, xp)
+    _put_array(args, 8, wt)
+    _put_array(args, 12, alpha)
+    _put_array(args, 14, gain)
+    _put_array(args, 17, slope)
+    _put_array(args, 19, shortcut)
+    _put_array(args, 24, out)
+    _put_array(args, 29, bn_a)
+    _put_array(args, 31, bn_b)
+    _put_array(args, 33, xp2)
+    _put_array(args, 38, y2)
+    args[43:48] = geo
+    args[48:52] = nxt
+    n_task_o = (wt.shape[0] * TILE_O + TASK_O - 1) // TASK_O
+    _run_parallel(args, out.shape[0] * out.shape[2] * n_task_o, launch)
+
+
+# ------------------------------------------------------------------ stem tail
+
+
+@njit(cache=True)
+def _stem_task(task, conv, mode, bn_a, bn_b, slope, pool, out):
+    """Output row ``oh`` of image ``n``: ``maxpool(PReLU(BN(conv)))`` (NHWC in, NCHW out).
+
+    ``pool = (kernel, stride, padding)``; kernel 0 means no pooling.
+    """
+    height, width, channels = conv.shape[1], conv.shape[2], conv.shape[3]
     out_h, out_w = out.shape[2], out.shape[3]
-    o_pad = wb.shape[1]
-    blk = min(_OB, o_pad)
-    n_blk = (o_pad + blk - 1) // blk
-    for task in prange(n_img * out_h * n_blk):
-        b = task % n_blk
-        r = task // n_blk
-        oh = r % out_h
-        n = r // out_h
-        o0 = b * blk
-        n_o = min(blk, o_pad - o0)
-        acc = np.empty((_MR + out_w, blk), np.int32)
-        _conv_row(xp, wb, n, oh, o0, n_o, kh, kw, stride, out_w, acc)
-        for o in range(min(n_o, n_out_ch - o0)):
-            oc = o0 + o
-            a = alpha[oc]
-            g = gain[n, oc]
-            s = slope[oc]
-            dst = out[n, oc, oh]
-            res = shortcut[n, oc, oh]
-            for ow in range(out_w):
-                v = np.float32(k_total - 2 * acc[_MR + ow, o]) * a
-                v = v * g
+    n = task // out_h
+    oh = task - n * out_h
+    k, s, p = pool[0], pool[1], pool[2]
+    if k == 0:
+        k, s, p = 1, 1, 0
+    act = np.empty((k, width, channels), np.float32)
+    h0 = oh * s - p
+    for i in range(k):
+        h = h0 + i
+        if h < 0 or h >= height:
+            continue
+        for w in range(width):
+            dst = act[i, w]
+            _bn_channels(conv[n, h, w], mode, bn_a, bn_b, dst)
+            for c in range(channels):
+                v = dst[c]
                 if not v > 0:
-                    v = s * v
-                dst[ow] = v + res[ow]
+                    dst[c] = slope[c] * v
+    best = np.empty((out_w, channels), np.float32)
+    for ow in range(out_w):
+        m = best[ow]
+        m[:] = -np.inf
+        for i in range(k):
+            h = h0 + i
+            if h < 0 or h >= height:
+                continue
+            for j in range(k):
+                w = ow * s - p + j
+                if w < 0 or w >= width:
+                    continue
+                a = act[i, w]
+                for c in range(channels):
+                    if a[c] > m[c] or np.isnan(a[c]):
+                        m[c] = a[c]
+    for c in range(channels):
+        dst = out[n, c, oh]
+        for ow in range(out_w):
+            dst[ow] = best[ow, c]
+
+
+@cfunc(_WORKER_SIG, cache=True)
+def _stem_worker(data):
+    args = _args_view(data, 32)
+    conv = _get_f32_4d(args, 3)
+    bn_a = _get_f32_1d(args, 8)
+    bn_b = _get_f32_1d(args, 10)
+    slope = _get_f32_1d(args, 12)
+    out = _get_f32_4d(args, 14)
+    mode = args[19]
+    pool = args[20:23]
+    n_tasks = args[ARG_N_TASKS]
+    task = _next_task(args)
+    while task < n_tasks:
+        _stem_task(task, conv, mode, bn_a, bn_b, slope, pool, out)
+        task = _next_task(args)
+
+
+@njit(cache=True, nogil=True)
+def stem_tail(conv, mode, bn_a, bn_b, slope, pool, out, launch):
+    """``out = maxpool(PReLU(BN(conv)))``: ``conv`` ``(N, H, W, C)`` (channels-last), ``out``
+    ``(N, C, OH, OW)``; ``pool = (kernel, stride, padding)`` of a max-pool (kernel 0: none)."""
+    args = np.empty(32, np.int64)
+    _put_array(args, 3, conv)
+    _put_array(args, 8, bn_a)
+    _put_array(args, 10, bn_b)
+    _put_array(args, 12, slope)
+    _put_array(args, 14, out)
+    args[19] = mode
+    args[20:23] = pool
+    _run_parallel(args, out.shape[0] * out.shape[2], launch)
+
+
+#: Workers of the kernels above (their C addresses go into ``parallel.launch_info``).
+WORKERS = {
+    "bn_pack": _bn_pack_worker,
+    "conv_int": _conv_int_worker,
+    "half_block": _half_worker,
+    "stem_tail": _stem_worker,
+}

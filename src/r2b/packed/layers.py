@@ -1,17 +1,18 @@
-"""Packed layers: the binary convolution on bits and the half block around it.
+"""Packed layers: the binary convolution on bits, the half block around it, the stem.
 
 ``PackedBinaryConv2d`` holds ``sign(W)`` as bits (``r2b.packed.bitpack``) plus the float weight
 scale ``alpha`` (``mean|W|`` per output channel, kept from the latent weights; the bits alone have
 lost it). ``PackedHalfBlock`` is the binary ``HalfBlock`` of ``r2b.models.resnet``::
 
-    y   = BN(x)                                   PyTorch (same op as the float model)
-    g   = gate(y) | learned scale                  PyTorch
-    c   = K - 2 popcount(pack(y) XOR bits)         compiled kernel (exact integer)
-    out = PReLU((c * alpha) * g) + shortcut(x)     compiled epilogue, PyTorch's rounding order
+    y   = BN(x)                                   compiled, PyTorch's arithmetic (batchnorm.py)
+    g   = gate(y) | learned scale                  PyTorch module
+    c   = K - 2 popcount(pack(sign y) XOR bits)    compiled (exact integer)
+    out = PReLU((c * alpha) * g) + shortcut(x)     compiled epilogue; shortcut: PyTorch module
 
-The real layers stay PyTorch modules, so what has a reduction in it (BN statistics folded by
-PyTorch, the gate's average pool, the downsample 1x1 conv) is computed by the very same code as in
-the float model, and the packed network equals the float one bit for bit.
+The BN, sign and packing of block ``i + 1`` run inside block ``i``'s kernel, on the rows it has
+just written. What has a reduction in it (the gate's average pool and linear layers, the
+downsample's 1x1 conv, the stem conv, the head) is computed by the float model's own modules, so
+the packed network equals the float one bit for bit.
 """
 
 from __future__ import annotations
@@ -22,7 +23,18 @@ from torch import nn
 
 from r2b.errors import UserError
 from r2b.packed import kernels
+from r2b.packed.batchnorm import probe_bn_mode
 from r2b.packed.bitpack import kernel_layout, n_words, pack_bits
+from r2b.packed.kernels import BN_NONE
+from r2b.packed.parallel import launch_info
+
+_NO_F32_1D = np.zeros(1, np.float32)
+_NO_F32_4D = np.zeros((1, 1, 1, 1), np.float32)
+_NO_U64_4D = np.zeros((1, 1, 1, 1), np.uint64)
+
+
+def _launch(name: str) -> tuple[int, int, int, int]:
+    return launch_info(kernels.WORKERS[name].address)
 
 
 class PackedBinaryConv2d(nn.Module):
@@ -54,12 +66,14 @@ class PackedBinaryConv2d(nn.Module):
         self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
         self.pad_value = float(pad_value)
         self.bits = np.ascontiguousarray(bits, dtype=np.uint64)
-        self._wb = kernel_layout(self.bits)
+        self._wt = kernel_layout(self.bits, kernels.TILE_O)
         self.has_alpha = alpha is not None
         ones = torch.ones(out_ch)
         self.register_buffer("alpha", (ones if alpha is None else alpha.detach()).float().cpu())
+        self._alpha = self.alpha.numpy()
         # the packed value of a padded pixel: all channels +1 (zero words) or all -1
         self._pad_word = pack_bits(np.full(in_channels, pad_value < 0))
+        self._geo = np.array([out_ch, self.k_total, kh, kw, stride], np.int64)
 
     @property
     def k_total(self) -> int:
@@ -71,20 +85,24 @@ class PackedBinaryConv2d(nn.Module):
         p, s = self.padding, self.stride
         return (height + 2 * p - kh) // s + 1, (width + 2 * p - kw) // s + 1
 
+    def packed_buffer(self, n: int, height: int, width: int) -> np.ndarray:
+        """A packed input ``(N, H+2p, W+2p, Kw)`` whose border holds the padding value."""
+        p = self.padding
+        shape = (n, height + 2 * p, width + 2 * p, self._pad_word.shape[0])
+        if self.pad_value > 0:
+            return np.zeros(shape, dtype=np.uint64)
+        xp = np.empty(shape, dtype=np.uint64)
+        xp[...] = self._pad_word
+        return xp
+
     def pack(self, y: torch.Tensor) -> np.ndarray:
-        """``sign(y)`` of a float ``(N, C, H, W)`` tensor, packed and padded: ``(N, H+2p, W+2p,
-        Kw)`` uint64."""
+        """``sign(y)`` of a float ``(N, C, H, W)`` tensor, packed and padded."""
         n, c, h, w = y.shape
         if c != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {c}")
-        p = self.padding
-        shape = (n, h + 2 * p, w + 2 * p, self._pad_word.shape[0])
-        if self.pad_value > 0:
-            xp = np.zeros(shape, dtype=np.uint64)
-        else:
-            xp = np.empty(shape, dtype=np.uint64)
-            xp[...] = self._pad_word
-        kernels.pack_signs(_f32(y), p, xp)
+        xp = self.packed_buffer(n, h, w)
+        kernels.bn_pack(_f32(y), BN_NONE, _NO_F32_1D, _NO_F32_1D, self.padding, xp, 0,
+                        _NO_F32_4D, _launch("bn_pack"))  # fmt: skip
         return xp
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
@@ -94,25 +112,9 @@ class PackedBinaryConv2d(nn.Module):
         oh, ow = self.output_size(y.shape[2], y.shape[3])
         out = np.empty((y.shape[0], self.out_channels, oh, ow), dtype=np.int32)
         kh, kw = self.kernel_size
-        kernels.conv_int(xp, self._wb, self.out_channels, self.k_total, kh, kw, self.stride, out)
+        kernels.conv_int(xp, self._wt, self.out_channels, self.k_total, kh, kw, self.stride,
+                         out, _launch("conv_int"))  # fmt: skip
         return torch.from_numpy(out)
-
-    def fused(
-        self, y: torch.Tensor, gain: torch.Tensor, slope: torch.Tensor, shortcut: torch.Tensor
-    ) -> torch.Tensor:
-        """``PReLU((conv * alpha) * gain) + shortcut`` in one pass (see ``kernels.conv_epilogue``).
-
-        ``gain``: ``(N, O)``; ``slope``: ``(O,)`` PReLU weights; ``shortcut``: ``(N, O, OH, OW)``.
-        """
-        xp = self.pack(y)
-        oh, ow = self.output_size(y.shape[2], y.shape[3])
-        out = torch.empty((y.shape[0], self.out_channels, oh, ow), dtype=torch.float32)
-        kh, kw = self.kernel_size
-        kernels.conv_epilogue(
-            xp, self._wb, self.out_channels, self.k_total, kh, kw, self.stride,
-            _f32(self.alpha), _f32(gain), _f32(slope), _f32(shortcut), out.numpy(),
-        )  # fmt: skip
-        return out
 
     def extra_repr(self) -> str:
         return (
@@ -127,7 +129,7 @@ class PackedHalfBlock(nn.Module):
 
     ``scaling`` is a ``(O,)`` learned scale tensor (strong baseline) or a ``Gate`` module
     (Real-to-Binary); ``bn``, ``act`` (PReLU) and ``shortcut`` (``None`` for identity) are the
-    float model's modules.
+    float model's modules in eval mode.
     """
 
     def __init__(
@@ -147,19 +149,134 @@ class PackedHalfBlock(nn.Module):
             self.register_buffer("scale", scaling.detach().float().cpu())
         if act.weight.numel() not in (1, conv.out_channels):
             raise ValueError("PReLU needs one slope or one per output channel")
+        self._slope = np.ascontiguousarray(
+            act.weight.detach().float().expand(conv.out_channels).numpy()
+        )
+        self.bn_mode, self._bn_a, self._bn_b = probe_bn_mode(bn)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.bn(x)
+    def prepare(self, x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor | None]:
+        """Packed ``sign(BN(x))`` and, when the gate needs it, ``BN(x)`` itself."""
+        n, c, h, w = x.shape
+        xp = self.conv.packed_buffer(n, h, w)
+        y = torch.empty_like(x) if self.gate is not None else None
+        if self.bn_mode == BN_NONE:
+            y = self.bn(x).contiguous()
+            src, a, b = y, _NO_F32_1D, _NO_F32_1D
+        else:
+            src, a, b = x, self._bn_a, self._bn_b
+        y_np = _NO_F32_4D if (y is None or self.bn_mode == BN_NONE) else y.numpy()
+        write_y = int(y is not None and self.bn_mode != BN_NONE)
+        kernels.bn_pack(_f32(src), self.bn_mode, a, b, self.conv.padding, xp, write_y, y_np,
+                        _launch("bn_pack"))  # fmt: skip
+        return xp, y
+
+    def run(
+        self,
+        x: torch.Tensor,
+        xp: np.ndarray,
+        y: torch.Tensor | None,
+        nxt: PackedHalfBlock | None = None,
+    ) -> tuple[torch.Tensor, np.ndarray | None, torch.Tensor | None]:
+        """This block's output from its input ``x`` and ``prepare(x)``; with the next block
+        ``nxt``, also the next block's ``prepare(out)`` (fused into the same kernel)."""
         n = x.shape[0]
+        conv = self.conv
         if self.gate is not None:
             gain = self.gate(y).reshape(n, -1)
         else:
             gain = self.scale.expand(n, -1)
-        slope = self.act.weight.expand(self.conv.out_channels)
         shortcut = x if self.shortcut is None else self.shortcut(x)
-        return self.conv.fused(y, gain, slope, shortcut)
+        oh, ow = conv.output_size(x.shape[2], x.shape[3])
+        out = torch.empty((n, conv.out_channels, oh, ow), dtype=torch.float32)
+        fuse = nxt is not None and nxt.bn_mode != BN_NONE
+        xp2, y2, nxt_flags = _NO_U64_4D, None, np.zeros(4, np.int64)
+        bn_a, bn_b = _NO_F32_1D, _NO_F32_1D
+        if fuse:
+            xp2 = nxt.conv.packed_buffer(n, oh, ow)
+            y2 = torch.empty_like(out) if nxt.gate is not None else None
+            nxt_flags[:] = (1, nxt.bn_mode, nxt.conv.padding, int(y2 is not None))
+            bn_a, bn_b = nxt._bn_a, nxt._bn_b
+        kernels.half_block(
+            xp, conv._wt, conv._geo, conv._alpha, _f32(gain), self._slope, _f32(shortcut),
+            out.numpy(), nxt_flags, bn_a, bn_b, xp2, _NO_F32_4D if y2 is None else y2.numpy(),
+            _launch("half_block"),
+        )  # fmt: skip
+        if nxt is None:
+            return out, None, None
+        if not fuse:
+            xp2, y2 = nxt.prepare(out)
+        return out, xp2, y2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xp, y = self.prepare(x)
+        return self.run(x, xp, y)[0]
+
+
+class PackedStem(nn.Module):
+    """The float stem ``conv -> BN -> PReLU [-> max-pool]`` with BN, PReLU and pool compiled.
+
+    The conv runs in PyTorch. Its channels-last variant is several times faster on CPU but is not
+    always the same arithmetic (PyTorch picks other algorithms for some shapes), so for each input
+    shape and thread count the first call runs both and keeps channels-last only when the outputs
+    are bit-identical.
+    """
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.Module, act: nn.PReLU, pool: nn.Module | None):
+        super().__init__()
+        self.conv, self.bn, self.act, self.pool = conv, bn, act, pool
+        channels = conv.out_channels
+        self._slope = np.ascontiguousarray(act.weight.detach().float().expand(channels).numpy())
+        self.bn_mode, self._bn_a, self._bn_b = probe_bn_mode(bn)
+        self._pool = _pool_params(pool)
+        self._channels_last_exact: dict[tuple, bool] = {}
+
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        key = (tuple(x.shape), torch.get_num_threads())
+        exact = self._channels_last_exact.get(key)
+        if exact is False:
+            return self.conv(x)
+        fast = self.conv(x.contiguous(memory_format=torch.channels_last))
+        if exact is None:
+            reference = self.conv(x)
+            self._channels_last_exact[key] = exact = torch.equal(fast, reference)
+            if not exact:
+                return reference
+        return fast
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self._conv(x)
+        if self.bn_mode == BN_NONE or self._pool is None:
+            out = self.act(self.bn(c))
+            return (out if self.pool is None else self.pool(out)).contiguous()
+        nhwc = c.permute(0, 2, 3, 1)
+        if not nhwc.is_contiguous():
+            nhwc = nhwc.contiguous()
+        k, s, p = self._pool
+        n, h, w = nhwc.shape[:3]
+        oh, ow = ((h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1) if k else (h, w)
+        out = torch.empty((n, nhwc.shape[3], oh, ow), dtype=torch.float32)
+        pool = np.array(self._pool, np.int64)
+        kernels.stem_tail(nhwc.numpy(), self.bn_mode, self._bn_a, self._bn_b, self._slope, pool,
+                          out.numpy(), _launch("stem_tail"))  # fmt: skip
+        return out
+
+
+def _pool_params(pool: nn.Module | None) -> tuple[int, int, int] | None:
+    """``(kernel, stride, padding)`` of a plain square max-pool, ``(0, 1, 0)`` for none, or
+    ``None`` when the compiled stem cannot reproduce it."""
+    if pool is None or isinstance(pool, nn.Identity):
+        return (0, 1, 0)
+    if not isinstance(pool, nn.MaxPool2d) or pool.ceil_mode or pool.return_indices:
+        return None
+    k, s, p, d = (pool.kernel_size, pool.stride, pool.padding, pool.dilation)
+    if not all(isinstance(v, int) for v in (k, s, p, d)) or d != 1:
+        return None
+    return (k, s, p)
 
 
 def _f32(t: torch.Tensor) -> np.ndarray:
     """A contiguous float32 numpy view (or copy) of a CPU tensor."""
-    return np.ascontiguousarray(t.detach().to(torch.float32).cpu().numpy())
+    t = t.detach()
+    if t.dtype != torch.float32:
+        t = t.float()
+    return t.contiguous().numpy()

@@ -1,0 +1,65 @@
+"""Run compiled kernels on PyTorch's own OpenMP threads.
+
+The packed engine interleaves PyTorch ops (stem conv, gates, shortcuts) with compiled binary
+kernels. Had the kernels their own thread pool (numba's ``prange`` starts a second OpenMP runtime
+or a work queue), two pools would share the cores: OpenMP workers spin for a while after each
+parallel region, so one pool's spinning threads steal the cores the other needs, and each numba
+launch costs tens of microseconds. Instead a kernel here is a C callback (``numba.cfunc``) handed
+to ``GOMP_parallel`` of the OpenMP runtime PyTorch already uses -- the same threads, the same
+``torch.set_num_threads``, about a microsecond per launch. Inside, threads take tasks from an
+atomic counter (dynamic scheduling: a descheduled thread does not hold the others up).
+
+Without an OpenMP runtime in PyTorch (other builds), kernels run on the calling thread.
+
+The compiled side (the ``GOMP_parallel`` call, the task counter, argument packing) is in
+``r2b.packed.kernels``, next to the kernels: numba's disk cache tracks only the file that defines
+a function, so everything compiled into the kernels lives in that one file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from functools import lru_cache
+
+import torch
+
+
+@lru_cache(maxsize=1)
+def openmp_entry_points() -> tuple[int, int]:
+    """Addresses of ``GOMP_parallel`` and ``omp_get_thread_num`` in PyTorch's OpenMP runtime,
+    or ``(0, 0)`` when PyTorch does not run on OpenMP."""
+    if "OpenMP" not in torch.__config__.parallel_info().split("backend:")[-1]:
+        return 0, 0
+    for path in _openmp_candidates():
+        try:
+            lib = ctypes.CDLL(path)
+            par = ctypes.cast(lib.GOMP_parallel, ctypes.c_void_p).value
+            tid = ctypes.cast(lib.omp_get_thread_num, ctypes.c_void_p).value
+        except (OSError, AttributeError):
+            continue
+        return int(par), int(tid)
+    return 0, 0
+
+
+def _openmp_candidates() -> list[str]:
+    """OpenMP libraries loaded in this process, PyTorch's own first."""
+    torch_lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+    loaded = []
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1]
+                name = os.path.basename(path)
+                if any(k in name for k in ("libgomp", "libiomp5", "libomp")) and path not in loaded:
+                    loaded.append(path)
+    except OSError:
+        pass
+    loaded.sort(key=lambda p: not p.startswith(torch_lib))
+    return loaded
+
+
+def launch_info(worker_address: int) -> tuple[int, int, int, int]:
+    """``(GOMP_parallel, omp_get_thread_num, worker, threads)`` for ``run_parallel``."""
+    par, tid = openmp_entry_points()
+    return par, tid, worker_address, max(1, torch.get_num_threads())

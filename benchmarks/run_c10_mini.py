@@ -14,20 +14,20 @@ stage and epoch by epoch. When every seed has finished it writes, from the runs'
 - ``benchmarks/results/c10_mini.png``   per-stage accuracies of every row.
 
 Data: ``--data`` is a folder with train/ and test/ class folders; by default the CIFAR-10 JPEG
-archives of ../shared/data are unpacked into /tmp/r2b-cifar10 once.
+archives of ../shared/data are unpacked into /tmp/r2b-cifar10 once (``benchmarks/common.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
+
+from common import git_commit, machine, unpack_cifar10
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -42,22 +42,6 @@ ROWS = [
     ("SB + progressive teacher-student", ["pts_fp", "pts_ban", "pts_bnn"], (75.7, 74.6)),
     ("Real-to-Bin", ["r2b_fp", "r2b_ban", "r2b_bnn"], (76.5, 76.2)),
 ]
-
-
-def unpack_shared_data(target: Path) -> Path:
-    """Unpack ../shared/data's CIFAR-10 archives into ``target`` (once); returns the tree root."""
-    root = target / "cifar10"
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        return root
-    shared = REPO.parent / "shared" / "data"
-    archives = sorted(shared.glob("cifar10-*.tar.gz"))
-    if not archives:
-        sys.exit(f"error: no CIFAR-10 archives in {shared}; pass --data DIR (train/ and test/)")
-    target.mkdir(parents=True, exist_ok=True)
-    for archive in archives:
-        with tarfile.open(archive) as tar:
-            tar.extractall(target, filter="data")
-    return root
 
 
 def train_command(seed: int, run_dir: Path, data: Path, extra: list[str]) -> list[str]:
@@ -88,32 +72,6 @@ def run_seeds(args, data: Path) -> None:
                 print(f"seed {seed}: exit {proc.returncode}", flush=True)
                 if proc.returncode != 0:
                     sys.exit(f"error: seed {seed} failed; see {args.runs}/seed{seed}.log")
-
-
-def machine() -> str:
-    """CPU model and thread count, plus the GPU when there is one."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    if torch.cuda.is_available():
-        text += f", GPU {torch.cuda.get_device_name(0)}"
-    return text
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def collect(args) -> dict:
@@ -226,7 +184,7 @@ def main() -> None:
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args()
     args.command = shlex.join(["python", "benchmarks/run_c10_mini.py", *sys.argv[1:]])
-    data = args.data or unpack_shared_data(Path("/tmp/r2b-cifar10"))
+    data = args.data or unpack_cifar10()
     args.runs.mkdir(parents=True, exist_ok=True)
     run_seeds(args, data)
     result = collect(args)

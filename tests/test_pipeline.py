@@ -132,3 +132,20 @@ def test_two_processes_under_torchrun_on_cpu(tmp_path):
     for stage in results["stages"]:
         correct = stage["top1"] * 51 / 100
         assert abs(correct - round(correct)) < 1e-6  # a whole number of the 51 images
+
+
+def test_bf16_mixed_precision_runs(tmp_path):
+    """The GPU default precision (bf16 autocast) on the CPU: every step of Real-to-Binary trains
+    one epoch with attention and distillation losses, and gives finite losses."""
+    from r2b.train.recipes import quick_config
+
+    sets = [
+        "stages.*.epochs=1", "data.train_limit=64", "data.test_limit=40", "stages.*.batch_size=32",
+        "stages.*.model.width=0.125", "runtime.precision=bf16-mixed", "runtime.accelerator=cpu",
+        "report.attention_images=0", "runtime.progress=false",
+    ]  # fmt: skip
+    results = run_pipeline(quick_config(sets), tmp_path / "bf16", log=lambda *_: None)
+    assert [s["name"] for s in results["stages"]] == ["teacher", "fp", "ban", "bnn"]
+    for stage in ("fp", "ban", "bnn"):
+        row = next(csv.DictReader(open(tmp_path / "bf16" / stage / "metrics.csv")))
+        assert all(float(row[k]) == float(row[k]) for k in ("loss", "ce", "kd", "att"))  # no NaN

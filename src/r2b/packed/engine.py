@@ -34,6 +34,8 @@ class PackedResNet(nn.Module):
         self.arch = dict(arch)
         self.stem, self.pool, self.fc = stem, pool, fc
         self.halves = nn.ModuleList(halves)
+        #: what ``r2b.packed.save`` writes (set by ``assemble``)
+        self.record: dict = {}
         self.eval()
 
     def binary_convs(self) -> list[PackedBinaryConv2d]:
@@ -119,7 +121,26 @@ def assemble(model: nn.Module, convs: list[dict]) -> PackedResNet:
         )
     arch = getattr(model, "arch", {})
     stem = _packed_stem(_frozen(model.stem))
-    return PackedResNet(arch, stem, halves, _frozen(model.pool), _frozen(model.fc))
+    packed = PackedResNet(arch, stem, halves, _frozen(model.pool), _frozen(model.fc))
+    packed.record = _export_record(model, convs)
+    return packed
+
+
+def _export_record(model: nn.Module, convs: list[dict]) -> dict:
+    """What the file format stores: the binary convs (name, geometry, bits, alpha) and every
+    other tensor of the float model's ``state_dict`` (``num_batches_tracked`` left out)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    binary = []
+    for conv, spec in zip(model.binary_convs(), convs):
+        binary.append({"name": names[id(conv)], "out_channels": int(spec["bits"].shape[0]),
+                       "kernel_size": list(spec["bits"].shape[1:3]), **spec})  # fmt: skip
+    skip = {f"{b['name']}.weight" for b in binary}
+    real = {
+        k: v.detach().cpu().clone()
+        for k, v in model.state_dict().items()
+        if k not in skip and not k.endswith("num_batches_tracked")
+    }
+    return {"arch": dict(getattr(model, "arch", {})), "binary_convs": binary, "tensors": real}
 
 
 def _packed_stem(stem: nn.Sequential) -> nn.Module:

@@ -670,3 +670,42 @@ WORKERS = {
     "half_block": _half_worker,
     "stem_tail": _stem_worker,
 }
+
+
+# ------------------------------------------------------------------ in-cache peak
+
+
+@njit(cache=True)
+def _peak_task(reps):
+    """``reps`` register tiles over L1-resident data: the kernel's in-cache ceiling."""
+    q_len = 64
+    x = np.arange(TILE_P * q_len).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    w = np.arange(q_len * TILE_O).astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
+    acc = np.zeros((TILE_P, TILE_O), np.int64)
+    total = 0
+    for _ in range(reps):
+        _tile(x.ctypes.data, q_len, 0, w.ctypes.data, 1, q_len, acc.ctypes.data)
+        total += acc[0, 0]
+    return total + x[0] + w[0]
+
+
+@cfunc(_WORKER_SIG, cache=True)
+def _peak_worker(data):
+    args = _args_view(data, 8)
+    n_tasks = args[ARG_N_TASKS]
+    task = _next_task(args)
+    while task < n_tasks:
+        args[4 + task % 4] = _peak_task(args[3])
+        task = _next_task(args)
+
+
+@njit(cache=True, nogil=True)
+def peak(reps, n_tasks, launch):
+    """Run ``n_tasks`` tasks of ``reps`` tiles (``TILE_P * 64 * TILE_O * 64`` binary MACs each)."""
+    args = np.zeros(8, np.int64)
+    args[3] = reps
+    _run_parallel(args, n_tasks, launch)
+    return args[4]
+
+
+WORKERS["peak"] = _peak_worker

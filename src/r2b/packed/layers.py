@@ -179,13 +179,33 @@ class PackedHalfBlock(nn.Module):
     ) -> tuple[torch.Tensor, np.ndarray | None, torch.Tensor | None]:
         """This block's output from its input ``x`` and ``prepare(x)``; with the next block
         ``nxt``, also the next block's ``prepare(out)`` (fused into the same kernel)."""
+        gain, shortcut = self.float_parts(x, y)
+        return self.binary_part(x, xp, gain, shortcut, nxt)
+
+    def float_parts(
+        self, x: torch.Tensor, y: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The PyTorch side: per-image channel gain ``(N, O)`` (gate of ``y`` or the learned
+        scale) and the shortcut ``(N, O, OH, OW)``."""
         n = x.shape[0]
-        conv = self.conv
         if self.gate is not None:
             gain = self.gate(y).reshape(n, -1)
         else:
             gain = self.scale.expand(n, -1)
         shortcut = x if self.shortcut is None else self.shortcut(x)
+        return gain, shortcut
+
+    def binary_part(
+        self,
+        x: torch.Tensor,
+        xp: np.ndarray,
+        gain: torch.Tensor,
+        shortcut: torch.Tensor,
+        nxt: PackedHalfBlock | None = None,
+    ) -> tuple[torch.Tensor, np.ndarray | None, torch.Tensor | None]:
+        """The compiled side: binary conv, epilogue and (fused) the next block's BN + pack."""
+        n = x.shape[0]
+        conv = self.conv
         oh, ow = conv.output_size(x.shape[2], x.shape[3])
         out = torch.empty((n, conv.out_channels, oh, ow), dtype=torch.float32)
         fuse = nxt is not None and nxt.bn_mode != BN_NONE

@@ -1,0 +1,136 @@
+"""``r2b export`` and ``r2b bench``: thin command-line calls of the packed engine.
+
+- ``r2b export CHECKPOINT|MODEL_NAME -o model.r2b``: pack a fully binary checkpoint (or a registered
+  binary model with random weights, for benchmarking) into a ``.r2b`` file, read it back and check
+  that it reproduces the float model's logits exactly.
+- ``r2b bench [MODEL.r2b|MODEL_NAME] [--batch N] [--threads N] [--json]``: packed vs PyTorch float
+  ResNet-18 on the same input, in the same process, with the same threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from r2b.errors import UserError
+
+
+def add_export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a fully binary model as a bitpacked .r2b file",
+        description="Pack a fully binary (stage bnn) checkpoint into a .r2b file: binary weights "
+        "as bits, real tensors as they are, the architecture as JSON. A registered model name "
+        "instead of a checkpoint exports that model with random weights (for benchmarks).",
+    )
+    p.add_argument("checkpoint", help="weights file of a bnn stage, or a model name")
+    p.add_argument("-o", "--out", required=True, help="output file, e.g. model.r2b")
+    p.add_argument("--stem", choices=["imagenet", "cifar"], help="with a model name (imagenet)")
+    p.add_argument("--num-classes", type=int, help="with a model name (1000)")
+    p.add_argument("--width", type=float, help="with a model name: width multiplier (1.0)")
+    p.add_argument("--seed", type=int, default=0, help="with a model name: weight seed")
+    p.set_defaults(func=run_export)
+
+
+def add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="time the packed network against PyTorch's float ResNet-18",
+        description="Time a packed model (a .r2b file, or a model name with random weights; "
+        "default r2b_resnet18) against PyTorch's float ResNet-18 on the same input, in this "
+        "process, with the same threads: medians of --runs alternating runs after warm-up, "
+        "then the time of each part and each binary conv's G binary-MACs/s.",
+    )
+    p.add_argument("model", nargs="?", help="MODEL.r2b or a model name (default r2b_resnet18)")
+    p.add_argument("--batch", type=int, default=1, help="images per forward pass (1)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's setting)")
+    p.add_argument("--input-size", type=int, help="square input side (224 imagenet, 32 cifar)")
+    p.add_argument("--stem", choices=["imagenet", "cifar"], help="with a model name")
+    p.add_argument("--num-classes", type=int, help="with a model name")
+    p.add_argument("--runs", type=int, default=30, help="timed runs of each network (30)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs first (5)")
+    p.add_argument("--no-profile", action="store_true", help="skip the per-layer profile")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run_bench)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from r2b.models import create_model, list_models
+    from r2b.packed import load, save, to_packed
+
+    if args.checkpoint in list_models():
+        kwargs = {"stage": "bnn"}
+        for key in ("stem", "num_classes", "width"):
+            if getattr(args, key) is not None:
+                kwargs[key] = getattr(args, key)
+        torch.manual_seed(args.seed)
+        try:
+            model = create_model(args.checkpoint, **kwargs).eval()
+        except TypeError:
+            raise UserError(
+                f"{args.checkpoint} is real-valued; export sb_resnet18 or r2b_resnet18"
+            ) from None
+    elif Path(args.checkpoint).exists():
+        from r2b.train.checkpoint import load_model
+
+        model, _ = load_model(args.checkpoint)
+    else:
+        raise UserError(
+            f"{args.checkpoint!r} is neither a checkpoint file nor a model name "
+            f"({', '.join(list_models())})"
+        )
+    packed = to_packed(model)
+    out = Path(args.out)
+    if out.parent and not out.parent.exists():
+        raise UserError(f"folder {out.parent} does not exist; create it or choose another -o")
+    size = save(packed, out)
+    check = _verify(model, load(out))
+    n_bits = sum(int(s["bits"].size) * 8 for s in packed.record["binary_convs"])
+    float_mib = sum(p.numel() * 4 for p in model.parameters()) / 2**20
+    print(
+        f"wrote {out}: {size / 2**20:.2f} MiB ({size} bytes; binary weights "
+        f"{n_bits / 2**20:.2f} MiB as bits; float parameters {float_mib:.1f} MiB); {check}"
+    )
+    return 0
+
+
+def _verify(model, packed) -> str:
+    """Compare the read-back packed model with the float model on a random batch."""
+    import torch
+
+    size = 224 if model.arch.get("stem", "imagenet") == "imagenet" else 32
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = model.eval()(x)
+        got = packed(x)
+    if not torch.equal(expected, got):
+        err = ((got - expected).abs().max() / expected.abs().max()).item()
+        raise UserError(f"the exported model differs from the float one (max rel. {err:.2e})")
+    return "read back: logits identical to the float model"
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from r2b.packed.bench import benchmark, format_report, load_for_bench, peak_gbmacs, profile
+
+    if args.threads is not None and args.threads < 1:
+        raise UserError("--threads must be at least 1")
+    if args.runs < 1 or args.batch < 1:
+        raise UserError("--runs and --batch must be at least 1")
+    packed = load_for_bench(args.model, args.stem, args.num_classes)
+    result = benchmark(
+        packed, args.batch, args.input_size, args.threads, runs=args.runs, warmup=args.warmup
+    )
+    prof = peak = None
+    if not args.no_profile:
+        prof = profile(packed, args.batch, result["input_size"])
+        peak = peak_gbmacs(result["threads"])
+        result["profile"] = prof
+        result["peak_gbmacs_per_s"] = peak
+    if args.json:
+        print(json.dumps(result, default=float))
+    else:
+        print(format_report(result, prof, peak))
+    return 0

@@ -71,7 +71,7 @@ def apply_bn(x: np.ndarray, mode: int, a: np.ndarray, b: np.ndarray) -> np.ndarr
     n, c, h, w = x.shape
     xp = np.zeros((n, h, w, (c + 63) // 64), np.uint64)
     y = np.empty_like(x)
-    launch = launch_info(kernels.WORKERS["bn_pack"].address)
+    launch = launch_info(kernels.worker_address("bn_pack"))
     kernels.bn_pack(np.ascontiguousarray(x), mode, a, b, 0, xp, 1, y, launch)
     return y
 

@@ -390,7 +390,6 @@ def _bn_pack_task(task, x, mode, bn_a, bn_b, pad, xp, write_y, y):
             dst[w + pad, word] = bits[w]
 
 
-@cfunc(_WORKER_SIG, cache=True)
 def _bn_pack_worker(data):
     args = _args_view(data, 32)
     x = _get_f32_4d(args, 3)
@@ -447,7 +446,6 @@ def _conv_int_task(task, xp, wt, n_out_ch, k_total, kh, kw, stride, out):
             dst[ow] = k_total - 2 * src[ow]
 
 
-@cfunc(_WORKER_SIG, cache=True)
 def _conv_int_worker(data):
     args = _args_view(data, 32)
     xp = _get_u64_4d(args, 3)
@@ -527,7 +525,6 @@ def _half_task(task, xp, wt, geo, alpha, gain, slope, shortcut, out, nxt, bn_a, 
             row2[ow + pad2, tb] = bits[ow]
 
 
-@cfunc(_WORKER_SIG, cache=True)
 def _half_worker(data):
     args = _args_view(data, 64)
     xp = _get_u64_4d(args, 3)
@@ -631,7 +628,6 @@ def _stem_task(task, conv, mode, bn_a, bn_b, slope, pool, out):
             dst[ow] = best[ow, c]
 
 
-@cfunc(_WORKER_SIG, cache=True)
 def _stem_worker(data):
     args = _args_view(data, 32)
     conv = _get_f32_4d(args, 3)
@@ -663,15 +659,6 @@ def stem_tail(conv, mode, bn_a, bn_b, slope, pool, out, launch):
     _run_parallel(args, out.shape[0] * out.shape[2], launch)
 
 
-#: Workers of the kernels above (their C addresses go into ``parallel.launch_info``).
-WORKERS = {
-    "bn_pack": _bn_pack_worker,
-    "conv_int": _conv_int_worker,
-    "half_block": _half_worker,
-    "stem_tail": _stem_worker,
-}
-
-
 # ------------------------------------------------------------------ in-cache peak
 
 
@@ -689,7 +676,6 @@ def _peak_task(reps):
     return total + x[0] + w[0]
 
 
-@cfunc(_WORKER_SIG, cache=True)
 def _peak_worker(data):
     args = _args_view(data, 8)
     n_tasks = args[ARG_N_TASKS]
@@ -708,4 +694,23 @@ def peak(reps, n_tasks, launch):
     return args[4]
 
 
-WORKERS["peak"] = _peak_worker
+#: Task loops of the kernels, compiled to C callbacks on first use (``worker_address``).
+_WORKERS = {
+    "bn_pack": _bn_pack_worker,
+    "conv_int": _conv_int_worker,
+    "half_block": _half_worker,
+    "stem_tail": _stem_worker,
+    "peak": _peak_worker,
+}
+
+
+_COMPILED: dict = {}
+
+
+def worker_address(name: str) -> int:
+    """C address of the task loop of kernel ``name`` (compiled, or loaded from the disk cache,
+    on first use; the compiled callback is kept alive here)."""
+    callback = _COMPILED.get(name)
+    if callback is None:
+        callback = _COMPILED[name] = cfunc(_WORKER_SIG, cache=True)(_WORKERS[name])
+    return callback.address

@@ -34,7 +34,7 @@ _NO_U64_4D = np.zeros((1, 1, 1, 1), np.uint64)
 
 
 def _launch(name: str) -> tuple[int, int, int, int]:
-    return launch_info(kernels.WORKERS[name].address)
+    return launch_info(kernels.worker_address(name))
 
 
 class PackedBinaryConv2d(nn.Module):

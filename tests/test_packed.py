@@ -1,0 +1,206 @@
+"""The packed engine equals the float training graph: bits, every binary conv, whole networks."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from r2b.errors import UserError
+from r2b.models import create_model
+from r2b.packed import kernels, to_packed
+from r2b.packed.batchnorm import probe_bn_mode
+from r2b.packed.bitpack import kernel_layout, pack_bits, pack_weight, unpack_bits, unpack_weight
+from r2b.packed.layers import PackedBinaryConv2d
+from r2b.packed.parallel import launch_info, openmp_entry_points
+
+
+def _sign(t: torch.Tensor) -> torch.Tensor:
+    return torch.where(t >= 0, 1.0, -1.0)
+
+
+def _float_conv(y, w, stride, pad, pad_value):
+    """The training graph's binary conv: conv2d(pad(sign(y), pad_value), sign(w))."""
+    return F.conv2d(F.pad(_sign(y), [pad] * 4, value=pad_value), _sign(w), stride=stride)
+
+
+def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BN statistics and affine terms, PReLU slopes and learned scales (eval mode)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.5)
+                m.running_var.copy_(torch.rand(c, generator=gen) * 1.5 + 0.5)
+                m.weight.copy_(torch.randn(c, generator=gen) * 0.5 + 1.0)
+                m.bias.copy_(torch.randn(c, generator=gen) * 0.5)
+            elif isinstance(m, nn.PReLU):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) - 0.5)
+        for name, p in model.named_parameters():
+            if name.endswith("scale.scale"):
+                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- bits
+
+
+@pytest.mark.parametrize("channels", [1, 13, 64, 65, 130])
+def test_pack_bits_round_trip_and_zero_tail(channels):
+    rng = np.random.default_rng(channels)
+    neg = rng.random((3, channels)) < 0.5
+    words = pack_bits(neg)
+    assert words.dtype == np.uint64 and words.shape == (3, -(-channels // 64))
+    assert np.array_equal(unpack_bits(words, channels), neg)
+    assert not unpack_bits(words, words.shape[1] * 64)[:, channels:].any()  # zero tail bits
+    assert int(words[0, 0]) & 1 == int(neg[0, 0])  # channel 0 is the least significant bit
+
+
+def test_pack_weight_round_trip_and_layout():
+    w = torch.randn(21, 70, 3, 3)
+    w[0, 0, 0, 0] = 0.0  # sign(0) = +1
+    bits = pack_weight(w)
+    assert bits.shape == (21, 3, 3, 2)
+    assert torch.equal(unpack_weight(bits, 70), _sign(w))
+    wt = kernel_layout(bits, 16)
+    assert wt.shape == (2, 18, 16)
+    assert np.array_equal(wt[1, :, :5], bits[16:].reshape(5, 18).T)
+    assert not wt[1, :, 5:].any()
+
+
+# ----------------------------------------------------------------------------- one conv
+
+
+@pytest.mark.parametrize(
+    "n, c, h, w, o, k, stride, pad, pad_value",
+    [
+        (1, 13, 9, 9, 21, 3, 1, 1, 1.0),
+        (2, 70, 8, 7, 9, 3, 2, 1, 1.0),
+        (2, 70, 7, 9, 33, 3, 2, 1, -1.0),
+        (1, 130, 5, 6, 17, 3, 1, 1, 1.0),
+        (3, 64, 1, 1, 40, 3, 1, 1, 1.0),
+        (1, 64, 14, 14, 128, 3, 2, 1, 1.0),
+        (2, 5, 6, 6, 3, 1, 1, 0, 1.0),
+        (1, 33, 11, 10, 70, 5, 2, 2, -1.0),
+    ],
+)
+def test_packed_conv_equals_float_conv_exactly(n, c, h, w, o, k, stride, pad, pad_value):
+    gen = torch.Generator().manual_seed(c * o + k)
+    y = torch.randn(n, c, h, w, generator=gen)
+    y[0, 0, 0, :2] = 0.0  # sign(0) = +1
+    weight = torch.randn(o, c, k, k, generator=gen)
+    conv = PackedBinaryConv2d(pack_weight(weight), c, stride, pad, None, pad_value)
+    got = conv(y)
+    expected = _float_conv(y, weight, stride, pad, pad_value)
+    assert got.dtype == torch.int32
+    assert torch.equal(got, expected.to(torch.int32))
+
+
+def test_kernels_run_on_the_calling_thread_without_openmp():
+    gen = torch.Generator().manual_seed(3)
+    y, weight = torch.randn(2, 70, 9, 9, generator=gen), torch.randn(24, 70, 3, 3, generator=gen)
+    conv = PackedBinaryConv2d(pack_weight(weight), 70, 1, 1, None)
+    xp = conv.pack(y)
+    out = np.empty((2, 24, 9, 9), np.int32)
+    serial = (0, 0, kernels.worker_address("conv_int"), 1)
+    kernels.conv_int(xp, conv._wt, 24, conv.k_total, 3, 3, 1, out, serial)
+    assert np.array_equal(out, conv(y).numpy())
+
+
+def test_kernels_use_pytorchs_openmp_runtime():
+    if "OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("this PyTorch does not run on OpenMP")
+    par, tid = openmp_entry_points()
+    assert par and tid
+    assert launch_info(123)[3] == torch.get_num_threads()
+
+
+def test_bn_probe_reproduces_pytorch_batchnorm():
+    bn = _randomise(nn.Sequential(nn.BatchNorm2d(37)))[0]
+    mode, a, b = probe_bn_mode(bn)
+    assert mode != kernels.BN_NONE
+    assert a.dtype == np.float32 and a.shape == (37,)
+    no_stats = nn.BatchNorm2d(5, track_running_stats=False).eval()
+    assert probe_bn_mode(no_stats)[0] == kernels.BN_NONE
+
+
+# ----------------------------------------------------------------------------- networks
+
+NETWORKS = [
+    ("sb_resnet18", "cifar", 32, 0.2),
+    ("r2b_resnet18", "cifar", 32, 0.2),
+    ("sb_resnet18", "imagenet", 64, 0.25),
+    ("r2b_resnet18", "imagenet", 64, 0.25),
+]
+
+
+@pytest.mark.parametrize("name, stem, size, width", NETWORKS)
+def test_every_binary_conv_equals_the_training_graph(name, stem, size, width):
+    model = _randomise(create_model(name, num_classes=10, stem=stem, width=width))
+    packed = to_packed(model)
+    inputs = {}
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args: inputs.__setitem__(mod, args[0]))
+        for m in model.binary_convs()
+    ]
+    with torch.no_grad():
+        model(torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1)))
+    for h in hooks:
+        h.remove()
+    for conv, pconv in zip(model.binary_convs(), packed.binary_convs()):
+        y = inputs[conv]
+        q = conv._q_input(y)
+        p = conv.padding[0]
+        expected = F.conv2d(F.pad(q, [p] * 4, value=conv.pad_value), conv.quantized_weight(),
+                            stride=conv.stride)  # fmt: skip
+        assert torch.equal(pconv(y), expected.to(torch.int32))
+        assert torch.equal(pconv.alpha, conv.weight_alpha())
+
+
+@pytest.mark.parametrize("name, stem, size, width", NETWORKS)
+def test_network_logits_equal_the_float_model(name, stem, size, width):
+    model = _randomise(create_model(name, num_classes=10, stem=stem, width=width), seed=2)
+    packed = to_packed(model)
+    x = torch.randn(256, 3, size, size, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(x)
+    got = packed(x)
+    rel = ((got - expected).abs().max() / expected.abs().max()).item()
+    assert rel <= 1e-4
+    assert (got.argmax(1) == expected.argmax(1)).all()
+    assert torch.equal(got, expected)  # in fact bit for bit
+    one = packed(x[:1])  # batch 1 takes other PyTorch algorithms in places
+    with torch.no_grad():
+        assert torch.equal(one, model(x[:1]))
+
+
+def test_fallback_paths_stay_exact():
+    """BN through the PyTorch module (no fused BN) and no weight scale."""
+    model = _randomise(create_model("r2b_resnet18", num_classes=5, stem="cifar", width=0.125,
+                                    weight_scale=False))  # fmt: skip
+    packed = to_packed(model)
+    for half in packed.halves:
+        half.bn_mode = kernels.BN_NONE
+    packed.stem.bn_mode = kernels.BN_NONE
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(packed(x), model(x))
+
+
+def test_to_packed_leaves_the_model_alone_and_is_inference_only():
+    model = _randomise(create_model("sb_resnet18", num_classes=3, stem="cifar", width=0.125))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    packed = to_packed(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(UserError, match="inference-only"):
+        packed.train()
+
+
+@pytest.mark.parametrize("name, stage", [("r2b_resnet18", "ban"), ("sb_resnet18", "fp")])
+def test_stages_that_are_not_fully_binary_are_refused(name, stage):
+    model = create_model(name, num_classes=3, stem="cifar", width=0.125, stage=stage)
+    with pytest.raises(UserError, match="stage 'bnn'|export the 'bnn' stage"):
+        to_packed(model)
+    with pytest.raises(UserError, match="no binary convolutions"):
+        to_packed(create_model("resnet18", num_classes=3, stem="cifar", width=0.125))

@@ -1,0 +1,61 @@
+"""Smoke tests of `r2b export` and `r2b bench` (seconds each, CPU)."""
+
+import json
+
+import torch
+
+from r2b.cli import main
+from r2b.models import create_model
+from r2b.packed import load
+
+
+def test_export_from_a_model_name_then_bench_json(tmp_path, capsys):
+    out = tmp_path / "tiny.r2b"
+    args = ["export", "r2b_resnet18", "--stem", "cifar", "--width", "0.125", "--num-classes",
+            "10", "-o", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert "logits identical" in capsys.readouterr().out
+    assert load(out).arch["width"] == 0.125
+    assert main(["bench", str(out), "--runs", "2", "--warmup", "1", "--threads", "1",
+                 "--json"]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert result["packed_ms"] > 0 and result["float_ms"] > 0
+    assert abs(result["speedup"] - result["float_ms"] / result["packed_ms"]) < 1e-9
+    assert len(result["profile"]["halves"]) == 16
+    assert result["peak_gbmacs_per_s"]["measured"] > 0
+
+
+def test_bench_text_report(capsys):
+    args = ["bench", "sb_resnet18", "--stem", "cifar", "--num-classes", "10", "--input-size",
+            "16", "--runs", "2", "--warmup", "1"]  # fmt: skip
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "speedup" in text and "G bMAC/s" in text
+
+
+def test_export_of_a_checkpoint_and_refusal_of_a_real_stage(tmp_path, capsys):
+    from r2b.train.checkpoint import save_weights
+
+    bnn = create_model("sb_resnet18", num_classes=4, stem="cifar", width=0.125, stage="bnn")
+    save_weights(tmp_path / "bnn.safetensors", bnn)
+    assert main(["export", str(tmp_path / "bnn.safetensors"), "-o", str(tmp_path / "b.r2b")]) == 0
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(load(tmp_path / "b.r2b")(x), bnn.eval()(x))
+    capsys.readouterr()
+    ban = create_model("sb_resnet18", num_classes=4, stem="cifar", width=0.125, stage="ban")
+    save_weights(tmp_path / "ban.safetensors", ban)
+    code = main(["export", str(tmp_path / "ban.safetensors"), "-o", str(tmp_path / "x.r2b")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert "'bnn'" in err and not (tmp_path / "x.r2b").exists()
+
+
+def test_bench_of_a_missing_or_damaged_file(tmp_path, capsys):
+    assert main(["bench", str(tmp_path / "none.r2b")]) == 2
+    assert "neither a .r2b file nor a model name" in capsys.readouterr().err
+    bad = tmp_path / "bad.r2b"
+    bad.write_bytes(b"R2BPACK\0garbage")
+    assert main(["bench", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: packed model") and err.count("\n") == 1

@@ -104,7 +104,7 @@ def test_kernels_run_on_the_calling_thread_without_openmp():
     xp = conv.pack(y)
     out = np.empty((2, 24, 9, 9), np.int32)
     serial = (0, 0, kernels.worker_address("conv_int"), 1)
-    kernels.conv_int(xp, conv._wt, 24, conv.k_total, 3, 3, 1, out, serial)
+    kernels.conv_int(xp, conv._wt, conv._geo, out, serial)
     assert np.array_equal(out, conv(y).numpy())
 
 

@@ -234,30 +234,31 @@ def _fma(typingctx, x, a, b):
 
 
 def _make_tile(n_pix: int, n_vec: int):
-    """A numba intrinsic ``tile(xaddr, xpix, xrow, waddr, kh, q_len, accaddr)``.
+    """A numba intrinsic ``tile(xaddr, xpix, xrow, waddr, kh, q_len, out_addr, out_stride)``.
 
     Mismatch counts of ``n_pix`` pixels x ``8 * n_vec`` output channels::
 
-        acc[t, o] = sum_{i < kh, q < q_len} popcount(x[xaddr + t*xpix + i*xrow + q]
-                                                     XOR w[waddr + (i*q_len + q) * 8*n_vec + o])
+        out[o * out_stride + t] = sum_{i < kh, q < q_len}
+            popcount(x[xaddr + t*xpix + i*xrow + q] XOR w[waddr + (i*q_len + q) * 8*n_vec + o])
 
-    (addresses and strides in 64-bit words from byte addresses ``xaddr``, ``waddr``; ``acc`` is
-    int64 ``n_pix x 8*n_vec``, overwritten).
+    (``x``, ``w``: uint64 words from byte addresses ``xaddr``, ``waddr``, strides in words;
+    ``out``: int32 from byte address ``out_addr``, channel-major so that the float epilogue reads
+    contiguous pixels; the 8 x ``n_pix`` transpose happens in registers).
     """
     lanes = 8
     width = lanes * n_vec
 
     def codegen(context, builder, signature, args):
-        xaddr, xpix, xrow, waddr, kh, q_len, accaddr = args
-        i64 = ir.IntType(64)
+        xaddr, xpix, xrow, waddr, kh, q_len, out_addr, out_stride = args
+        i32, i64 = ir.IntType(32), ir.IntType(64)
         vec = ir.VectorType(i64, lanes)
         ctpop = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(vec, [vec]), "llvm.ctpop.v8i64"
         )
         xbase = builder.inttoptr(xaddr, i64.as_pointer())
         wbase = builder.inttoptr(waddr, i64.as_pointer())
-        abase = builder.inttoptr(accaddr, vec.as_pointer())
-        splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+        obase = builder.inttoptr(out_addr, i32.as_pointer())
+        splat = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
         slots = []
         for _ in range(n_pix * n_vec):
             slot = cgutils.alloca_once(builder, vec)
@@ -278,20 +279,43 @@ def _make_tile(n_pix: int, n_vec: int):
                 for t in range(n_pix):
                     off = builder.add(builder.mul(ir.Constant(i64, t), xpix), q)
                     xs = builder.load(builder.gep(xi, [off]), align=8)
-                    xv = builder.insert_element(
-                        ir.Constant(vec, ir.Undefined), xs, ir.Constant(ir.IntType(32), 0)
-                    )
+                    xv = builder.insert_element(ir.Constant(vec, ir.Undefined), xs,
+                                                ir.Constant(i32, 0))  # fmt: skip
                     xv = builder.shuffle_vector(xv, ir.Constant(vec, ir.Undefined), splat)
                     for v in range(n_vec):
                         slot = slots[t * n_vec + v]
                         count = builder.call(ctpop, [builder.xor(xv, wv[v])])
                         builder.store(builder.add(builder.load(slot), count), slot)
-        for k, slot in enumerate(slots):
-            builder.store(builder.load(slot), builder.gep(abase, [ir.Constant(i64, k)]), align=8)
+        v32 = ir.VectorType(i32, lanes)
+        for v in range(n_vec):
+            counts = [builder.trunc(builder.load(slots[t * n_vec + v]), v32) for t in range(n_pix)]
+            if n_pix == 4:
+                # [c0 | c1 | c2 | c3] (pixel-major) -> [ch0: p0..p3 | ch1: p0..p3 | ...]
+                lo = builder.shuffle_vector(counts[0], counts[1], ir.Constant(
+                    ir.VectorType(i32, 16), list(range(16))))  # fmt: skip
+                hi = builder.shuffle_vector(counts[2], counts[3], ir.Constant(
+                    ir.VectorType(i32, 16), list(range(16))))  # fmt: skip
+                order = [t * lanes + o for o in range(lanes) for t in range(4)]
+                allc = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(i32, 32), order))
+                for o in range(lanes):
+                    quad = builder.shuffle_vector(allc, ir.Constant(ir.VectorType(i32, 32),
+                                                  ir.Undefined), ir.Constant(
+                        ir.VectorType(i32, 4), list(range(4 * o, 4 * o + 4))))  # fmt: skip
+                    row = builder.mul(ir.Constant(i64, v * lanes + o), out_stride)
+                    ptr = builder.bitcast(builder.gep(obase, [row]),
+                                          ir.VectorType(i32, 4).as_pointer())  # fmt: skip
+                    builder.store(quad, ptr, align=4)
+            else:
+                for t in range(n_pix):
+                    for o in range(lanes):
+                        row = builder.mul(ir.Constant(i64, v * lanes + o), out_stride)
+                        ptr = builder.gep(obase, [builder.add(row, ir.Constant(i64, t))])
+                        builder.store(builder.extract_element(counts[t], ir.Constant(i32, o)),
+                                      ptr)  # fmt: skip
         return context.get_dummy_value()
 
-    def typer(typingctx, xaddr, xpix, xrow, waddr, kh, q_len, accaddr):
-        sig = types.void(*([types.intp] * 7))
+    def typer(typingctx, xaddr, xpix, xrow, waddr, kh, q_len, out_addr, out_stride):
+        sig = types.void(*([types.intp] * 8))
         return sig, codegen
 
     return intrinsic(typer)
@@ -301,21 +325,62 @@ _tile = _make_tile(TILE_P, TILE_O // 8)
 _tile1 = _make_tile(1, TILE_O // 8)
 
 
-# ------------------------------------------------------------------ row helpers
+# ------------------------------------------------------------------ shared pieces
+
+#: Output pixels a task aims at (whole output rows), so that the float loops run long.
+_ROW_PIXELS = 128
 
 
 @njit(inline="always")
-def _bn_row(src, mode, a, b, dst):
-    """``dst = BN(src)`` for one channel row, in the arithmetic ``mode``."""
+def _rows_per_task(out_h, out_w, n_other, n_threads):
+    """Output rows per task: about ``_ROW_PIXELS`` pixels, fewer when that would leave less
+    than 4 tasks per thread (``n_other`` = images x channel blocks)."""
+    group = max(1, min(out_h, (_ROW_PIXELS + out_w - 1) // out_w))
+    while group > 1 and n_other * ((out_h + group - 1) // group) < 4 * n_threads:
+        group = (group + 1) // 2 if group > 2 else 1
+    return group
+
+
+@njit(inline="always")
+def _plane(arr, n, c, start, length):
+    """Elements ``start .. start + length`` of plane ``(n, c)`` of a C-contiguous 4-D float32
+    array, as a 1-D view (channel planes are contiguous in NCHW)."""
+    base = ((n * arr.shape[1] + c) * arr.shape[2] * arr.shape[3] + start) * 4
+    return carray(_as_f32(arr.ctypes.data + base), (length,))
+
+
+@njit(inline="always")
+def _bn_sign(src, mode, a, b, shift, bits, y, write_y):
+    """``v = BN(src)`` (arithmetic ``mode``); ``bits |= (v < 0) << shift``; ``y = v`` if asked.
+
+    ``v < 0`` is ``not v >= 0`` (sign(0) = +1, as the training quantizer). One loop per case, so
+    that each is a plain vector loop.
+    """
+    one, zero = np.uint64(1), np.uint64(0)
+    n = src.shape[0]
     if mode == BN_FMA:
-        for w in range(src.shape[0]):
-            dst[w] = _fma(src[w], a, b)
+        if write_y:
+            for i in range(n):
+                v = _fma(src[i], a, b)
+                y[i] = v
+                bits[i] |= (zero if v >= 0 else one) << shift
+        else:
+            for i in range(n):
+                v = _fma(src[i], a, b)
+                bits[i] |= (zero if v >= 0 else one) << shift
     elif mode == BN_MUL_ADD:
-        for w in range(src.shape[0]):
-            dst[w] = src[w] * a + b
+        if write_y:
+            for i in range(n):
+                v = src[i] * a + b
+                y[i] = v
+                bits[i] |= (zero if v >= 0 else one) << shift
+        else:
+            for i in range(n):
+                v = src[i] * a + b
+                bits[i] |= (zero if v >= 0 else one) << shift
     else:
-        for w in range(src.shape[0]):
-            dst[w] = src[w]
+        for i in range(n):
+            bits[i] |= (zero if src[i] >= 0 else one) << shift
 
 
 @njit(inline="always")
@@ -333,61 +398,66 @@ def _bn_channels(src, mode, a, b, dst):
 
 
 @njit(inline="always")
-def _or_signs(y, shift, bits):
-    """``bits[w] |= (not y[w] >= 0) << shift``: the sign bits of one channel row."""
-    for w in range(y.shape[0]):
-        bits[w] |= np.uint64(0 if y[w] >= 0 else 1) << shift
+def _scatter_bits(bits, xp, n, oh0, oh1, out_w, pad, word):
+    """Word ``word`` of the packed pixels of rows ``oh0 .. oh1`` from ``bits`` (row-major)."""
+    for oh in range(oh0, oh1):
+        dst = xp[n, oh + pad]
+        src = bits[(oh - oh0) * out_w :]
+        for ow in range(out_w):
+            dst[ow + pad, word] = src[ow]
 
 
 @njit(inline="always")
-def _mismatch_row(xp, wt, n, oh, blk0, n_blk, kh, kw, stride, rows, acc):
-    """Mismatch counts of output row ``oh`` of image ``n`` for the 16-channel weight blocks
-    ``blk0 .. blk0 + n_blk``: ``rows[b * 16 + o, ow]`` (int32)."""
+def _mismatch_rows(xp, wt, n, oh0, oh1, blk0, n_blk, kh, kw, stride, out_w, rows):
+    """Mismatch counts of output rows ``oh0 .. oh1`` of image ``n`` for the 16-channel weight
+    blocks ``blk0 .. blk0 + n_blk``: ``rows[b * 16 + o, (oh - oh0) * out_w + ow]`` (int32)."""
     hp, wp, n_words = xp.shape[1], xp.shape[2], xp.shape[3]
-    out_w = rows.shape[1]
     q_len = kw * n_words
     xrow = wp * n_words
     xpix = stride * n_words
-    x0 = xp.ctypes.data + 8 * ((n * hp + oh * stride) * wp * n_words)
-    a_addr = acc.ctypes.data
+    r_stride = rows.shape[1]
     full = out_w - out_w % TILE_P
     for b in range(n_blk):
         w_addr = wt.ctypes.data + 8 * ((blk0 + b) * wt.shape[1] * TILE_O)
-        r0 = b * TILE_O
-        for ow0 in range(0, full, TILE_P):
-            _tile(x0 + 8 * ow0 * xpix, xpix, xrow, w_addr, kh, q_len, a_addr)
-            for o in range(TILE_O):
-                for t in range(TILE_P):
-                    rows[r0 + o, ow0 + t] = acc[t, o]
-        for ow in range(full, out_w):
-            _tile1(x0 + 8 * ow * xpix, xpix, xrow, w_addr, kh, q_len, a_addr)
-            for o in range(TILE_O):
-                rows[r0 + o, ow] = acc[0, o]
+        for oh in range(oh0, oh1):
+            x0 = xp.ctypes.data + 8 * ((n * hp + oh * stride) * wp * n_words)
+            r0 = rows.ctypes.data + 4 * (b * TILE_O * r_stride + (oh - oh0) * out_w)
+            for ow0 in range(0, full, TILE_P):
+                _tile(x0 + 8 * ow0 * xpix, xpix, xrow, w_addr, kh, q_len, r0 + 4 * ow0, r_stride)
+            for ow in range(full, out_w):
+                _tile1(x0 + 8 * ow * xpix, xpix, xrow, w_addr, kh, q_len, r0 + 4 * ow, r_stride)
+
+
+@njit(inline="always")
+def _task_block(task, n_task_o, n_groups, group, out_h, out_w):
+    """``(n, channel block, first row, end row)`` of a task."""
+    tb = task % n_task_o
+    r = task // n_task_o
+    g = r % n_groups
+    n = r // n_groups
+    oh0 = g * group
+    return n, tb, oh0, min(out_h, oh0 + group)
 
 
 # ------------------------------------------------------------------ BN + sign + pack
 
 
 @njit(cache=True)
-def _bn_pack_task(task, x, mode, bn_a, bn_b, pad, xp, write_y, y):
-    """Row ``h`` of image ``n``: ``y = BN(x)``, sign bits into ``xp`` (and ``y`` if asked)."""
-    height = x.shape[2]
-    n = task // height
-    h = task - n * height
-    channels, width = x.shape[1], x.shape[3]
-    bits = np.empty(width, np.uint64)
-    yrow = np.empty(width, np.float32)
+def _bn_pack_task(task, x, mode, bn_a, bn_b, pad, xp, write_y, y, group):
+    """Rows ``oh0 .. oh1`` of image ``n``: ``y = BN(x)``, sign bits into ``xp`` (and ``y``)."""
+    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
+    n_groups = (height + group - 1) // group
+    n, _, h0, h1 = _task_block(task, 1, n_groups, group, height, width)
+    npix = (h1 - h0) * width
+    bits = np.empty(npix, np.uint64)
     for word in range(xp.shape[3]):
         bits[:] = 0
         c0 = word * 64
         for c in range(c0, min(channels, c0 + 64)):
-            _bn_row(x[n, c, h], mode, bn_a[c], bn_b[c], yrow)
-            _or_signs(yrow, np.uint64(c - c0), bits)
-            if write_y:
-                y[n, c, h, :] = yrow
-        dst = xp[n, h + pad]
-        for w in range(width):
-            dst[w + pad, word] = bits[w]
+            src = _plane(x, n, c, h0 * width, npix)
+            dst = _plane(y, n, c, h0 * width, npix) if write_y else src
+            _bn_sign(src, mode, bn_a[c], bn_b[c], np.uint64(c - c0), bits, dst, write_y)
+        _scatter_bits(bits, xp, n, h0, h1, width, pad, word)
 
 
 def _bn_pack_worker(data):
@@ -397,11 +467,11 @@ def _bn_pack_worker(data):
     bn_b = _get_f32_1d(args, 10)
     xp = _get_u64_4d(args, 12)
     y = _get_f32_4d(args, 17)
-    mode, pad, write_y = args[22], args[23], args[24]
+    mode, pad, write_y, group = args[22], args[23], args[24], args[25]
     n_tasks = args[ARG_N_TASKS]
     task = _next_task(args)
     while task < n_tasks:
-        _bn_pack_task(task, x, mode, bn_a, bn_b, pad, xp, write_y, y)
+        _bn_pack_task(task, x, mode, bn_a, bn_b, pad, xp, write_y, y, group)
         task = _next_task(args)
 
 
@@ -418,32 +488,33 @@ def bn_pack(x, mode, bn_a, bn_b, pad, xp, write_y, y, launch):
     _put_array(args, 10, bn_b)
     _put_array(args, 12, xp)
     _put_array(args, 17, y)
-    args[22], args[23], args[24] = mode, pad, write_y
-    _run_parallel(args, x.shape[0] * x.shape[2], launch)
+    group = _rows_per_task(x.shape[2], x.shape[3], x.shape[0], launch[3])
+    args[22], args[23], args[24], args[25] = mode, pad, write_y, group
+    _run_parallel(args, x.shape[0] * ((x.shape[2] + group - 1) // group), launch)
 
 
 # ------------------------------------------------------------------ integer conv
 
 
 @njit(cache=True)
-def _conv_int_task(task, xp, wt, n_out_ch, k_total, kh, kw, stride, out):
-    out_h, out_w = out.shape[2], out.shape[3]
+def _conv_int_task(task, xp, wt, geo, out):
+    k_total, kh, kw, stride, group = geo[1], geo[2], geo[3], geo[4], geo[5]
+    n_out_ch, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
     per_task = TASK_O // TILE_O
     n_task_o = (wt.shape[0] + per_task - 1) // per_task
-    blk0 = (task % n_task_o) * per_task
-    r = task // n_task_o
-    oh = r % out_h
-    n = r // out_h
+    n_groups = (out_h + group - 1) // group
+    n, tb, oh0, oh1 = _task_block(task, n_task_o, n_groups, group, out_h, out_w)
+    blk0 = tb * per_task
     n_blk = min(per_task, wt.shape[0] - blk0)
-    rows = np.empty((n_blk * TILE_O, out_w), np.int32)
-    acc = np.empty((TILE_P, TILE_O), np.int64)
-    _mismatch_row(xp, wt, n, oh, blk0, n_blk, kh, kw, stride, rows, acc)
+    npix = (oh1 - oh0) * out_w
+    rows = np.empty((n_blk * TILE_O, npix), np.int32)
+    _mismatch_rows(xp, wt, n, oh0, oh1, blk0, n_blk, kh, kw, stride, out_w, rows)
     o0 = blk0 * TILE_O
     for o in range(min(n_blk * TILE_O, n_out_ch - o0)):
-        dst = out[n, o0 + o, oh]
+        dst = out[n, o0 + o].reshape(out_h * out_w)[oh0 * out_w : oh1 * out_w]
         src = rows[o]
-        for ow in range(out_w):
-            dst[ow] = k_total - 2 * src[ow]
+        for i in range(npix):
+            dst[i] = k_total - 2 * src[i]
 
 
 def _conv_int_worker(data):
@@ -451,27 +522,31 @@ def _conv_int_worker(data):
     xp = _get_u64_4d(args, 3)
     wt = _get_u64_3d(args, 8)
     out = _get_i32_4d(args, 12)
-    n_out_ch, k_total, kh, kw, stride = args[17], args[18], args[19], args[20], args[21]
+    geo = args[17:23]
     n_tasks = args[ARG_N_TASKS]
     task = _next_task(args)
     while task < n_tasks:
-        _conv_int_task(task, xp, wt, n_out_ch, k_total, kh, kw, stride, out)
+        _conv_int_task(task, xp, wt, geo, out)
         task = _next_task(args)
 
 
 @njit(cache=True, nogil=True)
-def conv_int(xp, wt, n_out_ch, k_total, kh, kw, stride, out, launch):
+def conv_int(xp, wt, geo, out, launch):
     """Integer binary convolution ``out[n, o, oh, ow] = K - 2 * mismatches`` (int32 output).
 
-    Equals ``conv2d(pad(sign(x), pad_value), sign(W))`` of the float graph exactly.
+    ``geo = (n_out_ch, K, kh, kw, stride)``. Equals ``conv2d(pad(sign(x), pad_value), sign(W))``
+    of the float graph exactly.
     """
     args = np.empty(32, np.int64)
     _put_array(args, 3, xp)
     _put_array(args, 8, wt)
     _put_array(args, 12, out)
-    args[17], args[18], args[19], args[20], args[21] = n_out_ch, k_total, kh, kw, stride
     n_task_o = (wt.shape[0] * TILE_O + TASK_O - 1) // TASK_O
-    _run_parallel(args, out.shape[0] * out.shape[2] * n_task_o, launch)
+    group = _rows_per_task(out.shape[2], out.shape[3], out.shape[0] * n_task_o, launch[3])
+    args[17:22] = geo[:5]
+    args[22] = group
+    n_groups = (out.shape[2] + group - 1) // group
+    _run_parallel(args, out.shape[0] * n_groups * n_task_o, launch)
 
 
 # ------------------------------------------------------------------ half block
@@ -479,50 +554,44 @@ def conv_int(xp, wt, n_out_ch, k_total, kh, kw, stride, out, launch):
 
 @njit(cache=True)
 def _half_task(task, xp, wt, geo, alpha, gain, slope, shortcut, out, nxt, bn_a, bn_b, xp2, y2):
-    """One output row x 64 channels of a half block, and of the next half block's packed input.
+    """Rows ``oh0 .. oh1`` x 64 channels of a half block, and of the next block's packed input.
 
-    ``geo = (n_out_ch, K, kh, kw, stride)``; ``nxt = (fuse, bn mode, pad, write_y)``.
+    ``geo = (n_out_ch, K, kh, kw, stride, rows per task)``; ``nxt = (fuse, bn mode, pad,
+    write_y)``.
     """
-    n_out_ch, k_total, kh, kw, stride = geo[0], geo[1], geo[2], geo[3], geo[4]
+    k_total, kh, kw, stride, group = geo[1], geo[2], geo[3], geo[4], geo[5]
     fuse, mode, pad2, write_y = nxt[0], nxt[1], nxt[2], nxt[3]
-    out_h, out_w = out.shape[2], out.shape[3]
+    n_out_ch, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
     per_task = TASK_O // TILE_O
     n_task_o = (wt.shape[0] + per_task - 1) // per_task
-    tb = task % n_task_o
-    r = task // n_task_o
-    oh = r % out_h
-    n = r // out_h
+    n_groups = (out_h + group - 1) // group
+    n, tb, oh0, oh1 = _task_block(task, n_task_o, n_groups, group, out_h, out_w)
     blk0 = tb * per_task
     n_blk = min(per_task, wt.shape[0] - blk0)
-    rows = np.empty((n_blk * TILE_O, out_w), np.int32)
-    acc = np.empty((TILE_P, TILE_O), np.int64)
-    _mismatch_row(xp, wt, n, oh, blk0, n_blk, kh, kw, stride, rows, acc)
-    bits = np.zeros(out_w, np.uint64)
-    yrow = np.empty(out_w, np.float32)
+    npix = (oh1 - oh0) * out_w
+    rows = np.empty((n_blk * TILE_O, npix), np.int32)
+    _mismatch_rows(xp, wt, n, oh0, oh1, blk0, n_blk, kh, kw, stride, out_w, rows)
+    bits = np.zeros(npix, np.uint64)
     o0 = blk0 * TILE_O
     for o in range(min(n_blk * TILE_O, n_out_ch - o0)):
         oc = o0 + o
         a = alpha[oc]
         g = gain[n, oc]
         s = slope[oc]
-        dst = out[n, oc, oh]
-        res = shortcut[n, oc, oh]
+        dst = _plane(out, n, oc, oh0 * out_w, npix)
+        res = _plane(shortcut, n, oc, oh0 * out_w, npix)
         src = rows[o]
-        for ow in range(out_w):
-            v = np.float32(k_total - 2 * src[ow]) * a
+        for i in range(npix):
+            v = np.float32(k_total - 2 * src[i]) * a
             v = v * g
             if not v > 0:
                 v = s * v
-            dst[ow] = v + res[ow]
+            dst[i] = v + res[i]
         if fuse:
-            _bn_row(dst, mode, bn_a[oc], bn_b[oc], yrow)
-            _or_signs(yrow, np.uint64(o), bits)
-            if write_y:
-                y2[n, oc, oh, :] = yrow
+            ydst = _plane(y2, n, oc, oh0 * out_w, npix) if write_y else dst
+            _bn_sign(dst, mode, bn_a[oc], bn_b[oc], np.uint64(o), bits, ydst, write_y)
     if fuse:
-        row2 = xp2[n, oh + pad2]
-        for ow in range(out_w):
-            row2[ow + pad2, tb] = bits[ow]
+        _scatter_bits(bits, xp2, n, oh0, oh1, out_w, pad2, tb)
 
 
 def _half_worker(data):
@@ -538,8 +607,8 @@ def _half_worker(data):
     bn_b = _get_f32_1d(args, 31)
     xp2 = _get_u64_4d(args, 33)
     y2 = _get_f32_4d(args, 38)
-    geo = args[43:48]
-    nxt = args[48:52]
+    geo = args[43:49]
+    nxt = args[49:53]
     n_tasks = args[ARG_N_TASKS]
     task = _next_task(args)
     while task < n_tasks:
@@ -571,10 +640,13 @@ def half_block(xp, wt, geo, alpha, gain, slope, shortcut, out, nxt, bn_a, bn_b, 
     _put_array(args, 31, bn_b)
     _put_array(args, 33, xp2)
     _put_array(args, 38, y2)
-    args[43:48] = geo
-    args[48:52] = nxt
     n_task_o = (wt.shape[0] * TILE_O + TASK_O - 1) // TASK_O
-    _run_parallel(args, out.shape[0] * out.shape[2] * n_task_o, launch)
+    group = _rows_per_task(out.shape[2], out.shape[3], out.shape[0] * n_task_o, launch[3])
+    args[43:48] = geo[:5]
+    args[48] = group
+    args[49:53] = nxt
+    n_groups = (out.shape[2] + group - 1) // group
+    _run_parallel(args, out.shape[0] * n_groups * n_task_o, launch)
 
 
 # ------------------------------------------------------------------ stem tail
@@ -668,10 +740,10 @@ def _peak_task(reps):
     q_len = 64
     x = np.arange(TILE_P * q_len).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
     w = np.arange(q_len * TILE_O).astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
-    acc = np.zeros((TILE_P, TILE_O), np.int64)
+    acc = np.zeros((TILE_O, TILE_P), np.int32)
     total = 0
     for _ in range(reps):
-        _tile(x.ctypes.data, q_len, 0, w.ctypes.data, 1, q_len, acc.ctypes.data)
+        _tile(x.ctypes.data, q_len, 0, w.ctypes.data, 1, q_len, acc.ctypes.data, TILE_P)
         total += acc[0, 0]
     return total + x[0] + w[0]
 

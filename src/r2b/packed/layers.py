@@ -111,9 +111,7 @@ class PackedBinaryConv2d(nn.Module):
         xp = self.pack(y)
         oh, ow = self.output_size(y.shape[2], y.shape[3])
         out = np.empty((y.shape[0], self.out_channels, oh, ow), dtype=np.int32)
-        kh, kw = self.kernel_size
-        kernels.conv_int(xp, self._wt, self.out_channels, self.k_total, kh, kw, self.stride,
-                         out, _launch("conv_int"))  # fmt: skip
+        kernels.conv_int(xp, self._wt, self._geo, out, _launch("conv_int"))
         return torch.from_numpy(out)
 
     def extra_repr(self) -> str:

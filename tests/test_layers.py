@@ -1,10 +1,17 @@
 """Binary layers: oracles against the float conv (DESIGN.md habit 8)."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from r2b.layers import BinaryConv2d, Gate, LearnedScale
+from r2b.layers import (
+    BinaryConv2d,
+    Gate,
+    LearnedScale,
+    PReLU,
+    prelu,
+)
 
 
 def _sign(t):
@@ -73,3 +80,97 @@ def test_learned_scale_and_gate():
     assert g.shape == (4, 8, 1, 1) and torch.all((g > 0) & (g < 1))
     direct = torch.sigmoid(gate.fc2.weight @ torch.relu(gate.fc1.weight @ y.mean((2, 3)).T)).T
     assert torch.allclose(g[:, :, 0, 0], direct, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- fused training path
+
+
+def _reference_conv(x, weight, iq, wq, scale, pad_value, stride):
+    """The binary conv composed from plain autograd ops: explicit padding, STE by hand."""
+    q_in = {"ste_sign": lambda t: _ste(t), "approx_sign": lambda t: _approx(t), "tanh": torch.tanh}
+    xq = q_in[iq](x) if iq else x
+    w = _ste(weight) if wq else weight
+    if iq:
+        y = F.conv2d(F.pad(xq, (1, 1, 1, 1), value=pad_value), w, None, stride)
+    else:
+        y = F.conv2d(xq, w, None, stride, 1)
+    return y * weight.abs().mean(dim=(1, 2, 3)).view(1, -1, 1, 1) if scale else y
+
+
+def _ste(t):
+    mask = (t.abs() <= 1).to(t.dtype)
+    return (_sign(t) - t * mask).detach() + t * mask
+
+
+def _approx(t):
+    surrogate = torch.where(t.abs() <= 1, 2 * t - t * t.abs(), torch.sign(t))
+    return (_sign(t) - surrogate).detach() + surrogate
+
+
+CASES = [
+    # input q, weight q, alpha, pad value, stride, map size
+    ("ste_sign", "ste_sign", True, 1.0, 1, 5),
+    ("ste_sign", "ste_sign", True, 1.0, 2, 6),
+    ("ste_sign", "ste_sign", True, -1.0, 1, 1),
+    ("ste_sign", "ste_sign", True, 1.0, 2, 2),
+    ("ste_sign", "ste_sign", False, 1.0, 1, 4),
+    ("approx_sign", "ste_sign", True, 1.0, 1, 3),
+    ("ste_sign", None, False, 1.0, 1, 5),
+    ("ste_sign", None, False, 1.0, 2, 1),
+    ("tanh", None, False, 1.0, 1, 4),
+    ("ste_sign", "ste_sign", True, 0.0, 1, 4),
+]
+
+
+@pytest.mark.parametrize("iq, wq, scale, pad_value, stride, size", CASES)
+def test_fused_conv_matches_the_composed_reference(iq, wq, scale, pad_value, stride, size):
+    torch.manual_seed(3)
+    conv = BinaryConv2d(
+        5, 4, 3, stride, 1, input_quantizer=iq, weight_quantizer=wq, pad_value=pad_value,
+        weight_scale=scale,
+    )  # fmt: skip
+    with torch.no_grad():
+        conv.weight.uniform_(-1.3, 1.3)  # some |W| > 1: the STE mask path
+    x = (torch.randn(3, 5, size, size) * 1.5).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    w_ref = conv.weight.detach().clone().requires_grad_()
+    y, y_ref = conv(x), _reference_conv(x_ref, w_ref, iq, wq, scale, pad_value, stride)
+    if iq != "tanh" and wq:
+        assert torch.equal(y, y_ref)  # binary: bit for bit
+    else:
+        assert torch.allclose(y, y_ref, atol=1e-5)
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_ref.backward(g)
+    assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
+    assert torch.allclose(conv.weight.grad, w_ref.grad, atol=1e-5)
+
+
+def test_fused_conv_skips_the_mask_when_weights_are_clipped():
+    torch.manual_seed(4)
+    conv = BinaryConv2d(
+        3, 2, 3, 1, 1, input_quantizer="ste_sign", weight_quantizer="ste_sign", weight_scale=True
+    )
+    with torch.no_grad():
+        conv.weight.uniform_(-1.0, 1.0)
+        conv.weight[0, 0, 0, 0] = 1.0  # on the bound: inside the mask
+    x = torch.randn(2, 3, 4, 4)
+    w_ref = conv.weight.detach().clone().requires_grad_()
+    conv(x).sum().backward()
+    _reference_conv(x, w_ref, "ste_sign", "ste_sign", True, 1.0, 1).sum().backward()
+    assert torch.allclose(conv.weight.grad, w_ref.grad, atol=1e-5)
+
+
+def test_prelu_matches_torch():
+    torch.manual_seed(6)
+    x = torch.randn(2, 3, 4, 4).requires_grad_()
+    w = torch.tensor([0.25, -0.5, 1.5]).requires_grad_()
+    x2, w2 = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    y, y2 = prelu(x, w), torch.prelu(x2, w2)
+    assert torch.equal(y, y2)
+    g = torch.randn_like(y)
+    y.backward(g)
+    y2.backward(g)
+    assert torch.allclose(x.grad, x2.grad) and torch.allclose(w.grad, w2.grad, atol=1e-5)
+    module = PReLU(3)
+    assert isinstance(module, nn.PReLU) and torch.equal(module(x), F.prelu(x, module.weight))

@@ -39,3 +39,50 @@ def test_registry():
 
 def test_sign_keeps_dtype():
     assert ste_sign(torch.zeros(3, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+# --------------------------------------------------------------------------- fast kernels
+
+
+def test_sign_kernel_equals_where_including_negative_zero():
+    from r2b.quantizers import _sign
+
+    x = torch.tensor([-3.0, -1e-30, -0.0, 0.0, 1e-30, 2.0] + torch.randn(100).tolist())
+    assert torch.equal(_sign(x), torch.where(x >= 0, 1.0, -1.0))
+    assert _sign(torch.tensor([-0.0])).item() == 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_ste_mask_is_inclusive_at_one_in_every_dtype(dtype):
+    from r2b.quantizers import ste_grad, ste_grad_
+
+    one = torch.ones((), dtype=dtype)
+    just_out = torch.nextafter(one, one + 1).item()
+    x = torch.tensor([-just_out, -1.0, -0.3, 0.0, 1.0, just_out, 7.0], dtype=dtype)
+    g = torch.arange(1, 8, dtype=dtype)
+    expected = g * (x.abs() <= 1).to(dtype)
+    assert torch.equal(ste_grad(g, x), expected)
+    g2 = g.clone()
+    assert ste_grad_(g2, x) is g2 and torch.equal(g2, expected)
+
+
+def test_inplace_approx_gradient_equals_out_of_place():
+    from r2b.quantizers import approx_sign_grad, approx_sign_grad_
+
+    x, g = torch.randn(50) * 1.5, torch.randn(50)
+    assert torch.equal(approx_sign_grad_(g.clone(), x), approx_sign_grad(g, x))
+
+
+def test_weight_signs_alpha_and_mask_flag():
+    from r2b.quantizers import weight_signs
+
+    torch.manual_seed(0)
+    w = torch.rand(4, 3, 3, 3) * 1.8 - 0.9
+    s, alpha, masked = weight_signs(w, with_alpha=True)
+    assert torch.equal(s, torch.where(w >= 0, 1.0, -1.0))
+    assert torch.equal(alpha, w.abs().mean(dim=(1, 2, 3)))  # bit for bit: weight_alpha's formula
+    assert masked is False
+    w[0, 0, 0, 0], w[1, 0, 0, 0], w[2, 0, 0, 0] = 0.0, -0.0, 1.5  # zeros take the other path
+    s, alpha, masked = weight_signs(w, with_alpha=False)
+    assert torch.equal(s, torch.where(w >= 0, 1.0, -1.0)) and s[1, 0, 0, 0] == 1.0
+    assert alpha is None and masked is True

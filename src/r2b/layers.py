@@ -10,7 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from r2b.quantizers import get_quantizer, is_binary, sign_scaled_weight
+from r2b.quantizers import (
+    SIGN_GRADIENTS,
+    SIGN_GRADIENTS_INPLACE,
+    _sign,
+    get_quantizer,
+    is_binary,
+    ste_grad_,
+    weight_signs,
+)
 
 
 class BinaryConv2d(nn.Conv2d):
@@ -66,29 +74,27 @@ class BinaryConv2d(nn.Conv2d):
             return None
         return self.weight.abs().mean(dim=(1, 2, 3))
 
-    def forward_unscaled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(conv(pad(q_a(x), pad_value), q_w(W)), alpha)``: the output before ``alpha``.
-
-        ``forward`` multiplies the two; ``HalfBlock`` hands them to ``scale_channels`` instead,
-        which applies ``alpha`` and the gate (or learned scale) in one node.
-        """
-        border = self._q_input is not None and self.pad_value != 0.0 and any(self.padding)
-        if self.weight_scale and self.weight_quantizer == "ste_sign":
-            w, alpha, taps = sign_scaled_weight(self.weight, tap_sums=border)
-        else:
-            w, alpha = self.quantized_weight(), self.weight_alpha()
-            taps = w.sum(dim=1, keepdim=True) if border else None
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._q_input is None and self._q_weight is None:
+            return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        border = self.pad_value if self._q_input is not None and any(self.padding) else 0.0
+        if self.bias is None and self.weight_quantizer in (None, "ste_sign"):
+            # sign inputs, sign or real weights, no bias: one node (BinaryConvFunction)
+            rule = self.input_quantizer if self.input_quantizer in SIGN_GRADIENTS else None
+            if rule is None and self._q_input is not None:
+                x = self._q_input(x)
+            mode = ("sign_alpha" if self.weight_scale else "sign") if self._q_weight else "real"
+            return BinaryConvFunction.apply(
+                x, self.weight, self.stride, self.padding, border, rule, mode
+            )
+        # any other quantizer: composed from autograd functions, the same numbers
+        w, alpha = self.quantized_weight(), self.weight_alpha()
         if self._q_input is not None:
             x = self._q_input(x)
         y = F.conv2d(x, w, self.bias, self.stride, self.padding)
-        if border:  # the conv padded q(x) with zeros; add what pad_value brings (exact for signs)
-            y = y.add_(
-                border_correction(taps, x.shape[-2:], self.stride, self.padding, self.pad_value)
-            )
-        return y, alpha
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y, alpha = self.forward_unscaled(x)
+        if border:
+            image = _border_image(w, x.shape[-2:], self.padding, border)
+            y = y + F.conv2d(image, w.sum(dim=1, keepdim=True), None, self.stride)
         return y if alpha is None else y * alpha.view(1, -1, 1, 1)
 
     def extra_repr(self) -> str:
@@ -99,70 +105,111 @@ class BinaryConv2d(nn.Conv2d):
         )
 
 
-def border_correction(
-    taps: torch.Tensor,
-    in_size: tuple[int, int],
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    value: float,
+def _border_image(
+    like: torch.Tensor, in_size: tuple[int, int], padding: tuple[int, int], value: float
 ) -> torch.Tensor:
-    """What padding with ``value`` instead of zero adds to a convolution, shape ``(1, O, Ho, Wo)``.
-
-    ``conv(pad(x, value), W) = conv(pad(x, 0), W) + B`` with ``B = conv(border, taps)``, where
-    ``taps = sum_c W[:, c]`` (shape ``(O, 1, kh, kw)``) and ``border`` is one one-channel image of
-    the padded size holding ``value`` on the padding and ``0`` inside: the taps that fall on the
-    border see ``value`` whatever ``x`` is, so ``B`` depends only on the weights and the geometry.
-
-    Why not pad explicitly: convolution kernels (oneDNN) skip implicit zero padding -- a 3x3 conv
-    of a 1x1 map touches only the centre tap -- but compute every tap of an explicitly padded
-    input, which made binary convs 1.5-3x slower than float ones on 4x4 to 1x1 maps. With sign
-    weights and inputs both terms are exact integers, so the sum equals the explicitly padded
-    convolution bit for bit; with real weights it equals it up to float rounding.
-    """
-    (h, wd), (ph, pw) = in_size, padding
-    border = taps.new_full((1, 1, h + 2 * ph, wd + 2 * pw), value)
-    border[:, :, ph : ph + h, pw : pw + wd] = 0.0
-    return F.conv2d(border, taps, None, stride)
+    """A ``(1, 1, H + 2 ph, W + 2 pw)`` image: ``value`` on the padding, ``0`` inside."""
+    (h, w), (ph, pw) = in_size, padding
+    border = like.new_full((1, 1, h + 2 * ph, w + 2 * pw), value)
+    border[:, :, ph : ph + h, pw : pw + w] = 0.0
+    return border
 
 
-class ChannelScales(torch.autograd.Function):
-    """``(c * alpha) * g``: a conv output times its weight scale, then its gate or learned scale.
+class BinaryConvFunction(torch.autograd.Function):
+    """One autograd node for a binary convolution:
+    ``y = conv(pad(q_a(x), value), q_w(W)) * alpha`` (no bias).
 
-    ``c``: ``(N, C, H, W)``; ``alpha``: ``(C,)``; ``g``: ``(N, C, 1, 1)`` or ``(1, C, 1, 1)``.
-    The forward keeps this rounding order (the packed engine reproduces it) in one output buffer.
-    Backward, with ``P_nc = sum_hw dL/dout * c``::
+    Arguments after ``x, W``: ``stride``, ``padding``, ``border`` (the pad value of the quantized
+    input; 0 pads with zeros), ``rule`` (``"ste_sign"``/``"approx_sign"``: sign ``x`` here with
+    that gradient; None: ``x`` is used as given) and ``mode``: ``"real"`` weights, ``"sign"``, or
+    ``"sign_alpha"``, which multiplies output channel ``o`` by ``alpha_o = mean|W_o|``.
 
-        dL/dc = dL/dout * (alpha g),   dL/dg = alpha P,   dL/dalpha = sum_n g P
+    Padding: ``conv(pad(q, value), W) = conv(pad(q, 0), W) + conv(border, taps)``, where
+    ``taps = sum_c W[:, c]`` and ``border`` is 1 image holding ``value`` on the padding and 0
+    inside (``_border_image``): the taps that fall on the padding see ``value`` whatever the input
+    is. So the big convolution pads with zeros,
+    which convolution kernels (oneDNN) skip -- a 3x3 conv of a 1x1 map touches only its centre
+    tap -- while an explicitly padded input costs every tap: binary convs were 1.5-3x slower than
+    float ones on 4x4 to 1x1 maps. With sign inputs and weights both terms are exact integers and
+    the sum equals the explicitly padded convolution bit for bit; with real weights it equals it
+    up to float rounding. ``alpha`` multiplies that sum in place: the same rounding as
+    ``u * alpha``, which the packed engine reproduces.
 
-    (summed over ``n`` where ``g`` has batch size 1): two activation-sized passes instead of the
-    four of two chained autograd multiplications.
+    Backward, with ``u = y / alpha`` (recovered from ``y``; kept only if some ``alpha_o = 0``) and
+    ``G = dL/dy``: ``dL/du = alpha G``, applied to whichever is smaller, the gradient or the
+    weights (``conv_T(alpha G, s) = conv_T(G, alpha s)``); ``dL/dalpha_o = sum G u``. ATen's
+    convolution backward gives fresh ``dL/dq_a`` and ``dL/dq_w`` buffers, and everything else is
+    written into them: the STE of ``x``; for ``W`` the border term (``dL/dtaps`` broadcast over
+    channels), the STE mask (only when some ``|W| > 1``, see ``weight_signs``) and, with
+    ``s = sign(W)`` and ``n`` weights per output channel, ``s * dL/dalpha / n``
+    (``d|W|/dW = sign(W)``, with the forward's ``sign(0) = +1`` as the subgradient at 0, where
+    autograd's ``abs`` uses 0). No weight-sized temporaries: the weight side of a ResNet-18 is
+    11 M values, and on CPU each fresh buffer costs about as much as the arithmetic.
     """
 
     @staticmethod
-    def forward(ctx, c: torch.Tensor, alpha: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        a = alpha.view(1, -1, 1, 1)
-        ctx.save_for_backward(c, a, g)
-        return torch.mul(c, a).mul_(g)
+    def forward(ctx, x, weight, stride, padding, border, rule, mode):
+        xq = _sign(x) if rule is not None else x
+        if mode == "real":
+            wq, alpha, masked = weight, None, False
+        else:
+            wq, alpha, masked = weight_signs(weight, with_alpha=mode == "sign_alpha")
+        y = F.conv2d(xq, wq, None, stride, padding)
+        image = taps = None
+        if border:
+            image = _border_image(wq, x.shape[-2:], padding, border)
+            taps = wq.sum(dim=1, keepdim=True)
+            y.add_(F.conv2d(image, taps, None, stride))
+        unscaled = None
+        if alpha is not None:
+            a = alpha.view(1, -1, 1, 1)
+            if x.device.type == "cpu" and bool(alpha.min() > 0):
+                y.mul_(a)  # u = y / alpha is recoverable: no second buffer
+            else:
+                unscaled, y = y, y * a
+        ctx.save_for_backward(x, xq, weight, wq, image, taps, alpha, y, unscaled)
+        ctx.config = (stride, padding, rule, masked)
+        return y
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        c, a, g = ctx.saved_tensors
-        need_c, need_alpha, need_g = ctx.needs_input_grad
-        grad_c = grad_alpha = grad_g = None
-        if need_c:
-            grad_c = grad_out * (a * g)
-        if need_alpha or need_g:
-            p = (grad_out * c).sum(dim=(2, 3), keepdim=True)
-            if need_g:
-                grad_g = (p * a).sum(dim=0, keepdim=True) if g.shape[0] == 1 else p * a
-            if need_alpha:
-                grad_alpha = (p * g).sum(dim=(0, 2, 3))
-        return grad_c, grad_alpha, grad_g
-
-
-def scale_channels(c: torch.Tensor, alpha: torch.Tensor | None, g: torch.Tensor) -> torch.Tensor:
-    """``(c * alpha) * g`` per channel (``ChannelScales``); ``c * g`` when ``alpha`` is None."""
-    return c * g if alpha is None else ChannelScales.apply(c, alpha, g)
+    def backward(ctx, grad_y):
+        x, xq, weight, wq, image, taps, alpha, y, unscaled = ctx.saved_tensors
+        stride, padding, rule, masked = ctx.config
+        need_x, need_w = ctx.needs_input_grad[:2]
+        w_eff, scale_grad_w = wq, None
+        if alpha is not None:
+            a = alpha.view(-1, 1, 1, 1)
+            if need_w:  # dL/dalpha_o = sum_nhw dL/dy * u
+                if unscaled is None:
+                    grad_alpha = (grad_y * y).sum(dim=(0, 2, 3)) / alpha
+                else:
+                    grad_alpha = (grad_y * unscaled).sum(dim=(0, 2, 3))
+            # d/du = alpha dL/dy: scale the smaller of the weights and the gradient
+            if wq.numel() <= grad_y.numel():
+                w_eff, scale_grad_w = wq * a, a
+            else:
+                grad_y = grad_y * a.view(1, -1, 1, 1)
+        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+            grad_y, xq, w_eff, None, stride, padding, (1, 1), False, (0, 0), 1,
+            [need_x, need_w, False],
+        )  # fmt: skip
+        if need_x and rule is not None:
+            grad_x = SIGN_GRADIENTS_INPLACE[rule](grad_x, x)
+        if need_w:
+            if image is not None:
+                _, grad_taps, _ = torch.ops.aten.convolution_backward(
+                    grad_y.sum(dim=0, keepdim=True), image, taps, None, stride, (0, 0), (1, 1),
+                    False, (0, 0), 1, [False, True, False],
+                )  # fmt: skip
+                grad_w.add_(grad_taps)
+            if scale_grad_w is not None:
+                grad_w.mul_(scale_grad_w)
+            if masked:
+                grad_w = ste_grad_(grad_w, weight)
+            if alpha is not None:
+                per_weight = grad_alpha / (weight.numel() // weight.shape[0])
+                grad_w.addcmul_(wq, per_weight.view(-1, 1, 1, 1))
+        return grad_x, grad_w, None, None, None, None, None
 
 
 class ChannelPReLU(torch.autograd.Function):
@@ -199,6 +246,13 @@ def prelu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if weight.numel() == 1 or x.dim() < 2:
         return torch.prelu(x, weight)
     return ChannelPReLU.apply(x, weight)
+
+
+class PReLU(nn.PReLU):
+    """``nn.PReLU`` (same parameter, same forward values) with ``ChannelPReLU``'s backward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return prelu(x, self.weight)
 
 
 class LearnedScale(nn.Module):

@@ -23,8 +23,8 @@ per pass, no boolean intermediates (``torch.where`` and bool->float casts are sc
 - the clipped STE mask is ATen's ``hardtanh_backward`` with the bounds moved one ulp outwards:
   it passes the gradient where ``-b < x < b``, ``b = nextafter(1, 2)`` in the dtype of ``x``,
   which for values of that dtype is exactly ``|x| <= 1``;
-- ``sign_scaled_weight`` returns ``sign(W)``, ``alpha = mean|W|`` (and the tap sums of the
-  border correction) from one autograd node whose backward is two kernels.
+- ``weight_signs`` gives ``sign(W)`` and ``alpha = mean|W|`` in three reads of ``W``; the
+  binary convolution (``r2b.layers.BinaryConvFunction``) owns their backward.
 """
 
 from __future__ import annotations
@@ -116,63 +116,44 @@ def approx_sign(x: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- fused forms
 
 
-class SignScaledWeight(torch.autograd.Function):
-    """``(s, alpha, taps)``: ``s = sign(W)``, ``alpha_o = mean(|W_o|)`` over all but the first
-    dim, and (if asked for, else an empty tensor) ``taps = sum_c s[:, c]`` (keepdim), the per-tap
-    channel sums that ``r2b.layers.border_correction`` needs.
+def ste_grad_(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``ste_grad`` written into ``grad`` (which the caller owns)."""
+    b = _ste_bound(x.dtype)
+    return torch.ops.aten.hardtanh_backward.grad_input(grad, x, -b, b, grad_input=grad)
 
-    The weight side of a binary conv in one node. With ``n`` weights per output channel and
-    incoming gradients ``G_s``, ``g_alpha``, ``G_taps``::
 
-        dL/dW = (G_s + G_taps) * 1[|W| <= 1]  +  s * g_alpha / n
+def approx_sign_grad_(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``approx_sign_grad`` written into ``grad`` (which the caller owns)."""
+    return grad.mul_((2.0 - 2.0 * x.abs()).clamp_min_(0.0))
 
-    (STE through the sign, ``G_taps`` broadcast over channels; ``d|W|/dW = sign(W)``, taking the
-    forward's ``sign(0) = +1`` as the subgradient at 0, where autograd's ``abs`` uses 0). When
-    every ``|W| <= 1`` -- always in the ``bnn`` stage, whose latent weights are clipped -- the mask
-    is skipped (checked on CPU with the same read as the zero check below; elsewhere the mask is
-    always applied).
-    ``alpha`` is the same expression as ``BinaryConv2d.weight_alpha``, so they agree bit for bit.
+
+#: In-place forms of ``SIGN_GRADIENTS``, for backward passes that own the gradient buffer.
+SIGN_GRADIENTS_INPLACE: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "ste_sign": ste_grad_,
+    "approx_sign": approx_sign_grad_,
+}
+
+
+def weight_signs(
+    w: torch.Tensor, with_alpha: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+    """``(sign(W), alpha, masked)`` for the weight side of a binary conv (no autograd).
+
+    ``alpha_o = mean(|W_o|)`` over all but the first dim (None unless ``with_alpha``): the same
+    expression as ``BinaryConv2d.weight_alpha``, so the two agree bit for bit. ``masked`` says
+    whether the clipped STE mask ``1[|W| <= 1]`` can differ from all ones: False when every
+    ``|W| <= 1`` -- always in the ``bnn`` stage, whose latent weights are clipped -- checked on
+    CPU with one read of ``|W|`` (elsewhere the mask is always applied). The same read shows
+    whether ``W`` has a zero; without one ``copysign(1, W)`` is ``sign(W)`` (it would give -1 for
+    ``-0.0``) and is written into the buffer of ``|W|``.
     """
-
-    @staticmethod
-    def forward(ctx, w: torch.Tensor, tap_sums: bool) -> tuple[torch.Tensor, ...]:
-        a = w.abs()
-        alpha = a.mean(dim=tuple(range(1, w.dim())))
-        smallest, largest = torch.aminmax(a)
-        ctx.masked = w.device.type != "cpu" or bool(largest > 1)
-        if w.device.type == "cpu" and bool(smallest > 0):
-            # no zero weight: copysign(1, w) is sign(w) (it would give -1 for -0.0); one kernel,
-            # into the buffer of |w|, which is no longer needed
-            s = torch.copysign(a.new_ones(()), w, out=a)
-        else:
-            s = _sign(w)
-        taps = s.sum(dim=1, keepdim=True) if tap_sums else s.new_empty(0)
-        ctx.save_for_backward(w, s)
-        return s, alpha, taps
-
-    @staticmethod
-    def backward(ctx, grad_s, grad_alpha, grad_taps):
-        w, s = ctx.saved_tensors
-        grad = torch.zeros_like(w) if grad_s is None else grad_s
-        if grad_taps is not None and grad_taps.numel():
-            grad = grad + grad_taps
-        if ctx.masked:
-            grad = ste_grad(grad, w)
-        if grad_alpha is not None:
-            per_weight = (grad_alpha / (w.numel() // w.shape[0])).view(-1, *([1] * (w.dim() - 1)))
-            if grad is grad_s:
-                grad = torch.addcmul(grad, s, per_weight)
-            else:
-                grad.addcmul_(s, per_weight)
-        return grad, None
-
-
-def sign_scaled_weight(
-    w: torch.Tensor, tap_sums: bool = False
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(ste_sign(W), mean|W| per output channel, channel sums of the signs or empty)`` as one
-    autograd node (``SignScaledWeight``)."""
-    return SignScaledWeight.apply(w, tap_sums)
+    a = w.abs()
+    alpha = a.mean(dim=tuple(range(1, w.dim()))) if with_alpha else None
+    if w.device.type != "cpu":
+        return _sign(w), alpha, True
+    smallest, largest = torch.aminmax(a)
+    s = torch.copysign(a.new_ones(()), w, out=a) if bool(smallest > 0) else _sign(w)
+    return s, alpha, bool(largest > 1)
 
 
 QUANTIZERS: dict[str, Quantizer] = {

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from r2b.layers import BinaryConv2d, Gate, LearnedScale, prelu, scale_channels
+from r2b.layers import BinaryConv2d, Gate, LearnedScale, PReLU
 from r2b.models.registry import register_model
 
 STEMS = ("imagenet", "cifar")
@@ -165,16 +165,16 @@ class HalfBlock(nn.Module):
             self.gate = Gate(c_in, c_out, GATE_REDUCTION)
         else:
             raise ValueError(f"unknown scaling {scaling!r}; choose 'scale' or 'gate'")
-        self.act = nn.PReLU(c_out)
+        self.act = PReLU(c_out)
         self.shortcut = (
             Downsample(c_in, c_out, stride) if (stride != 1 or c_in != c_out) else nn.Identity()
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.bn(x)
-        c, alpha = self.conv.forward_unscaled(y)  # alpha = mean|W| (bnn) or None
-        g = self.gate(y) if hasattr(self, "gate") else self.scale.factor()
-        return prelu(scale_channels(c, alpha, g), self.act.weight) + self.shortcut(x)
+        c = self.conv(y)
+        c = c * self.gate(y) if hasattr(self, "gate") else self.scale(c)
+        return self.act(c) + self.shortcut(x)
 
 
 class BinaryBasicBlock(nn.Module):

@@ -21,6 +21,7 @@ from r2b.train.checkpoint import save_weights
 SMOKE_SETS = [
     "data.train_limit=64", "data.test_limit=40", "stages.*.epochs=1", "stages.*.batch_size=32",
     "stages.*.model.width=0.125", "report.attention_images=1", "runtime.progress=false",
+    "runtime.num_threads=1",  # tiny convolutions: one thread is fastest, and robust to a busy CPU
 ]  # fmt: skip
 
 
@@ -39,6 +40,16 @@ def snapshot(folder: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def keep_torch_threads():
+    """In-process ``r2b train`` sets torch's thread count; restore it afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 class Done:

@@ -15,7 +15,7 @@ TINY = {
     "name": "tiny",
     "seed": 3,
     "data": {"name": "default", "train_limit": 160, "test_limit": 60, "eval_batch_size": 40},
-    "runtime": {"accelerator": "cpu", "progress": False},
+    "runtime": {"accelerator": "cpu", "progress": False, "num_threads": 1},
     "report": {"attention_images": 2},
     "stage_defaults": {
         "model": {"stem": "cifar", "width": 0.125},
@@ -33,6 +33,14 @@ TINY = {
          "optim": {"lr": 2e-4, "weight_decay": 0, "clip_weights": 1.0}},
     ],
 }  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def keep_torch_threads():
+    """run_pipeline sets torch's thread count (runtime.num_threads); restore it afterwards."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +150,7 @@ def test_bf16_mixed_precision_runs(tmp_path):
     sets = [
         "stages.*.epochs=1", "data.train_limit=64", "data.test_limit=40", "stages.*.batch_size=32",
         "stages.*.model.width=0.125", "runtime.precision=bf16-mixed", "runtime.accelerator=cpu",
-        "report.attention_images=0", "runtime.progress=false",
+        "report.attention_images=0", "runtime.progress=false", "runtime.num_threads=1",
     ]  # fmt: skip
     results = run_pipeline(quick_config(sets), tmp_path / "bf16", log=lambda *_: None)
     assert [s["name"] for s in results["stages"]] == ["teacher", "fp", "ban", "bnn"]

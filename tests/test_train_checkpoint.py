@@ -19,6 +19,15 @@ from r2b.train.checkpoint import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread is fastest and steady on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny(stage="ban", name="r2b_resnet18"):
     kw = {"stage": stage} if name != "resnet18" else {}
     return create_model(name, num_classes=10, stem="cifar", width=0.125, **kw)

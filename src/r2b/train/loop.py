@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +66,7 @@ class StageJob:
     info: dict  # JSON-able record stored in the weights files (data, stage, pipeline name)
     tb_dir: Path | None = None
     channels_last: bool = False
-    log: object = print
+    log: Callable[[str], None] = print
 
 
 def build_optimizer(stage: StageConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -214,7 +215,7 @@ def train_stage(fabric: Fabric, job: StageJob, model: nn.Module, teacher: nn.Mod
                 + [t.double() * n for t in terms]
                 + [correct.double()]
             )
-            if bar.disable is False and (i % 10 == 0 or i == steps_per_epoch - 1):
+            if not bar.disable and (i % 10 == 0 or i == steps_per_epoch - 1):
                 s = sums.tolist()
                 bar.set_postfix(loss=f"{s[1] / s[0]:.3f}", acc=f"{100 * s[5] / s[0]:.1f}%")
             bar.update(1)

@@ -16,7 +16,7 @@ from torch import nn
 
 from r2b.errors import UserError
 from r2b.packed.bitpack import pack_weight
-from r2b.packed.layers import PackedBinaryConv2d, PackedHalfBlock, PackedStem
+from r2b.packed.layers import PackedBinaryConv2d, PackedHalfBlock, PackedStem, packed_shortcut
 
 
 class PackedResNet(nn.Module):
@@ -114,10 +114,9 @@ def assemble(model: nn.Module, convs: list[dict]) -> PackedResNet:
         conv = PackedBinaryConv2d(**spec)
         scaling = half.gate if hasattr(half, "gate") else half.scale.scale
         shortcut = None if isinstance(half.shortcut, nn.Identity) else half.shortcut
+        shortcut = packed_shortcut(_frozen(shortcut))
         halves.append(
-            PackedHalfBlock(
-                _frozen(half.bn), conv, _frozen(scaling), _frozen(half.act), _frozen(shortcut)
-            )
+            PackedHalfBlock(_frozen(half.bn), conv, _frozen(scaling), _frozen(half.act), shortcut)
         )
     arch = getattr(model, "arch", {})
     stem = _packed_stem(_frozen(model.stem))

@@ -198,9 +198,15 @@ def _next_task(args):
     return _fetch_add(args.ctypes.data + 8 * ARG_COUNTER)
 
 
+#: Work (in float elements, or binary MACs / 256) below which a kernel runs on the calling
+#: thread: waking a second thread costs microseconds, or milliseconds if the OS has parked it.
+_MIN_PARALLEL_WORK = 1 << 16
+
+
 @njit(inline="always")
-def _run_parallel(args, n_tasks, launch):
-    """Run the worker ``launch[2]`` over ``n_tasks`` tasks on ``launch[3]`` OpenMP threads.
+def _run_parallel(args, n_tasks, launch, work):
+    """Run the worker ``launch[2]`` over ``n_tasks`` tasks on ``launch[3]`` OpenMP threads
+    (one thread when ``work`` is below ``_MIN_PARALLEL_WORK``).
 
     Returns the final task counter (at least ``n_tasks``).
     """
@@ -209,7 +215,7 @@ def _run_parallel(args, n_tasks, launch):
     args[ARG_COUNTER] = 0
     args[ARG_N_TASKS] = n_tasks
     n_threads = min(n_threads, n_tasks)
-    if par != 0 and n_threads > 1:
+    if par != 0 and n_threads > 1 and work >= _MIN_PARALLEL_WORK:
         _call_parallel(par, worker, args.ctypes.data, n_threads)
     else:
         _call_worker(worker, args.ctypes.data)
@@ -490,7 +496,7 @@ def bn_pack(x, mode, bn_a, bn_b, pad, xp, write_y, y, launch):
     _put_array(args, 17, y)
     group = _rows_per_task(x.shape[2], x.shape[3], x.shape[0], launch[3])
     args[22], args[23], args[24], args[25] = mode, pad, write_y, group
-    _run_parallel(args, x.shape[0] * ((x.shape[2] + group - 1) // group), launch)
+    _run_parallel(args, x.shape[0] * ((x.shape[2] + group - 1) // group), launch, x.size)
 
 
 # ------------------------------------------------------------------ integer conv
@@ -546,7 +552,8 @@ def conv_int(xp, wt, geo, out, launch):
     args[17:22] = geo[:5]
     args[22] = group
     n_groups = (out.shape[2] + group - 1) // group
-    _run_parallel(args, out.shape[0] * n_groups * n_task_o, launch)
+    macs = out.size * geo[1]
+    _run_parallel(args, out.shape[0] * n_groups * n_task_o, launch, macs // 256 + out.size)
 
 
 # ------------------------------------------------------------------ half block
@@ -646,7 +653,8 @@ def half_block(xp, wt, geo, alpha, gain, slope, shortcut, out, nxt, bn_a, bn_b, 
     args[48] = group
     args[49:53] = nxt
     n_groups = (out.shape[2] + group - 1) // group
-    _run_parallel(args, out.shape[0] * n_groups * n_task_o, launch)
+    macs = out.size * geo[1]
+    _run_parallel(args, out.shape[0] * n_groups * n_task_o, launch, macs // 256 + out.size)
 
 
 # ------------------------------------------------------------------ stem tail
@@ -656,7 +664,10 @@ def half_block(xp, wt, geo, alpha, gain, slope, shortcut, out, nxt, bn_a, bn_b, 
 def _stem_task(task, conv, mode, bn_a, bn_b, slope, pool, out):
     """Output row ``oh`` of image ``n``: ``maxpool(PReLU(BN(conv)))`` (NHWC in, NCHW out).
 
-    ``pool = (kernel, stride, padding)``; kernel 0 means no pooling.
+    ``pool = (kernel, stride, padding)``; kernel 0 means no pooling. ``bn_a``, ``bn_b``,
+    ``slope`` are the per-channel coefficients tiled along one input row (``W * C``), so that
+    every loop runs over a whole contiguous row. The max of the window is taken rows first, then
+    columns: the same maximum as PyTorch's scan (NaN propagates too).
     """
     height, width, channels = conv.shape[1], conv.shape[2], conv.shape[3]
     out_h, out_w = out.shape[2], out.shape[3]
@@ -665,39 +676,37 @@ def _stem_task(task, conv, mode, bn_a, bn_b, slope, pool, out):
     k, s, p = pool[0], pool[1], pool[2]
     if k == 0:
         k, s, p = 1, 1, 0
-    act = np.empty((k, width, channels), np.float32)
-    h0 = oh * s - p
+    row_len = width * channels
+    act = np.empty(row_len, np.float32)
+    vmax = np.full(row_len, -np.inf, np.float32)
     for i in range(k):
-        h = h0 + i
+        h = oh * s - p + i
         if h < 0 or h >= height:
             continue
-        for w in range(width):
-            dst = act[i, w]
-            _bn_channels(conv[n, h, w], mode, bn_a, bn_b, dst)
-            for c in range(channels):
-                v = dst[c]
-                if not v > 0:
-                    dst[c] = slope[c] * v
-    best = np.empty((out_w, channels), np.float32)
+        src = carray(_as_f32(conv.ctypes.data + 4 * (n * height + h) * row_len), (row_len,))
+        _bn_channels(src, mode, bn_a, bn_b, act)
+        for j in range(row_len):
+            v = act[j]
+            if not v > 0:
+                v = slope[j] * v
+            if v > vmax[j] or np.isnan(v):
+                vmax[j] = v
+    best = np.full(out_w * channels, -np.inf, np.float32)
     for ow in range(out_w):
-        m = best[ow]
-        m[:] = -np.inf
-        for i in range(k):
-            h = h0 + i
-            if h < 0 or h >= height:
+        dst = best[ow * channels : (ow + 1) * channels]
+        for j in range(k):
+            w = ow * s - p + j
+            if w < 0 or w >= width:
                 continue
-            for j in range(k):
-                w = ow * s - p + j
-                if w < 0 or w >= width:
-                    continue
-                a = act[i, w]
-                for c in range(channels):
-                    if a[c] > m[c] or np.isnan(a[c]):
-                        m[c] = a[c]
+            src = vmax[w * channels : (w + 1) * channels]
+            for c in range(channels):
+                v = src[c]
+                if v > dst[c] or np.isnan(v):
+                    dst[c] = v
     for c in range(channels):
-        dst = out[n, c, oh]
+        dst = _plane(out, n, c, oh * out_w, out_w)
         for ow in range(out_w):
-            dst[ow] = best[ow, c]
+            dst[ow] = best[ow * channels + c]
 
 
 def _stem_worker(data):
@@ -719,7 +728,9 @@ def _stem_worker(data):
 @njit(cache=True, nogil=True)
 def stem_tail(conv, mode, bn_a, bn_b, slope, pool, out, launch):
     """``out = maxpool(PReLU(BN(conv)))``: ``conv`` ``(N, H, W, C)`` (channels-last), ``out``
-    ``(N, C, OH, OW)``; ``pool = (kernel, stride, padding)`` of a max-pool (kernel 0: none)."""
+    ``(N, C, OH, OW)``; ``pool = (kernel, stride, padding)`` of a max-pool (kernel 0: none);
+    ``bn_a``, ``bn_b``, ``slope``: per-channel coefficients tiled ``W`` times (length ``W * C``).
+    """
     args = np.empty(32, np.int64)
     _put_array(args, 3, conv)
     _put_array(args, 8, bn_a)
@@ -728,7 +739,52 @@ def stem_tail(conv, mode, bn_a, bn_b, slope, pool, out, launch):
     _put_array(args, 14, out)
     args[19] = mode
     args[20:23] = pool
-    _run_parallel(args, out.shape[0] * out.shape[2], launch)
+    _run_parallel(args, out.shape[0] * out.shape[2], launch, conv.size)
+
+
+# ------------------------------------------------------------------ average pool
+
+
+@njit(cache=True)
+def _avg_pool_task(task, x, out):
+    """Plane ``(n, c)``: 2 x 2 average, summed in PyTorch's order then divided by 4."""
+    n = task // x.shape[1]
+    c = task - n * x.shape[1]
+    width = x.shape[3]
+    out_h, out_w = out.shape[2], out.shape[3]
+    src = _plane(x, n, c, 0, x.shape[2] * width)
+    dst = _plane(out, n, c, 0, out_h * out_w)
+    for oh in range(out_h):
+        top = src[2 * oh * width :]
+        bottom = src[(2 * oh + 1) * width :]
+        row = dst[oh * out_w :]
+        for ow in range(out_w):
+            total = np.float32(0.0) + top[2 * ow]
+            total = total + top[2 * ow + 1]
+            total = total + bottom[2 * ow]
+            total = total + bottom[2 * ow + 1]
+            row[ow] = total / np.float32(4.0)
+
+
+def _avg_pool_worker(data):
+    args = _args_view(data, 16)
+    x = _get_f32_4d(args, 3)
+    out = _get_f32_4d(args, 8)
+    n_tasks = args[ARG_N_TASKS]
+    task = _next_task(args)
+    while task < n_tasks:
+        _avg_pool_task(task, x, out)
+        task = _next_task(args)
+
+
+@njit(cache=True, nogil=True)
+def avg_pool2(x, out, launch):
+    """``out = AvgPool2d(2, 2)(x)`` for ``(N, C, H, W)`` float32, bit-identical to PyTorch's
+    CPU kernel (``((x00 + x01) + x10) + x11`` then ``/ 4``)."""
+    args = np.empty(16, np.int64)
+    _put_array(args, 3, x)
+    _put_array(args, 8, out)
+    _run_parallel(args, x.shape[0] * x.shape[1], launch, x.size)
 
 
 # ------------------------------------------------------------------ in-cache peak
@@ -762,7 +818,7 @@ def peak(reps, n_tasks, launch):
     """Run ``n_tasks`` tasks of ``reps`` tiles (``TILE_P * 64 * TILE_O * 64`` binary MACs each)."""
     args = np.zeros(8, np.int64)
     args[3] = reps
-    _run_parallel(args, n_tasks, launch)
+    _run_parallel(args, n_tasks, launch, 1 << 30)
     return args[4]
 
 
@@ -772,6 +828,7 @@ _WORKERS = {
     "conv_int": _conv_int_worker,
     "half_block": _half_worker,
     "stem_tail": _stem_worker,
+    "avg_pool2": _avg_pool_worker,
     "peak": _peak_worker,
 }
 

@@ -247,6 +247,16 @@ class PackedStem(nn.Module):
         self.bn_mode, self._bn_a, self._bn_b = probe_bn_mode(bn)
         self._pool = _pool_params(pool)
         self._channels_last_exact: dict[tuple, bool] = {}
+        self._tiles: dict[int, tuple[np.ndarray, ...]] = {}
+
+    def _tiled(self, width: int) -> tuple[np.ndarray, ...]:
+        """BN coefficients and PReLU slopes repeated along an input row of ``width`` pixels."""
+        if width not in self._tiles:
+            self._tiles[width] = tuple(
+                np.ascontiguousarray(np.tile(v, width))
+                for v in (self._bn_a, self._bn_b, self._slope)
+            )
+        return self._tiles[width]
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         key = (tuple(x.shape), torch.get_num_threads())
@@ -274,9 +284,54 @@ class PackedStem(nn.Module):
         oh, ow = ((h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1) if k else (h, w)
         out = torch.empty((n, nhwc.shape[3], oh, ow), dtype=torch.float32)
         pool = np.array(self._pool, np.int64)
-        kernels.stem_tail(nhwc.numpy(), self.bn_mode, self._bn_a, self._bn_b, self._slope, pool,
-                          out.numpy(), _launch("stem_tail"))  # fmt: skip
+        a, b, slope = self._tiled(w)
+        kernels.stem_tail(nhwc.numpy(), self.bn_mode, a, b, slope, pool, out.numpy(),
+                          _launch("stem_tail"))  # fmt: skip
         return out
+
+
+class PackedDownsample(nn.Module):
+    """The downsampling shortcut ``AvgPool 2x2/2 -> 1x1 conv -> BN`` with a compiled pool.
+
+    PyTorch's NCHW average pool is slow on CPU; the compiled one sums in PyTorch's order and
+    divides by 4, which a probe at construction confirms bit for bit (else the module's pool is
+    used). The conv and BN are the float model's modules.
+    """
+
+    def __init__(self, pool: nn.Module, conv: nn.Module, bn: nn.Module) -> None:
+        super().__init__()
+        self.pool, self.conv, self.bn = pool, conv, bn
+        probe = torch.randn(2, 3, 6, 10, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            self.compiled_pool = torch.equal(self._pool(probe), pool(probe))
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        out = torch.empty((n, c, h // 2, w // 2), dtype=torch.float32)
+        kernels.avg_pool2(_f32(x), out.numpy(), _launch("avg_pool2"))
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self._pool(x) if self.compiled_pool else self.pool(x)
+        return self.bn(self.conv(pooled))
+
+
+def packed_shortcut(shortcut: nn.Module | None) -> nn.Module | None:
+    """``PackedDownsample`` for a ``pool -> conv -> bn`` shortcut with a plain 2x2/2 average
+    pool; any other shortcut is kept as it is."""
+    pool = getattr(shortcut, "pool", None)
+    if (
+        isinstance(pool, nn.AvgPool2d)
+        and pool.kernel_size in (2, (2, 2))
+        and pool.stride in (2, (2, 2))
+        and pool.padding in (0, (0, 0))
+        and not pool.ceil_mode
+        and pool.divisor_override is None
+        and hasattr(shortcut, "conv")
+        and hasattr(shortcut, "bn")
+    ):
+        return PackedDownsample(pool, shortcut.conv, shortcut.bn)
+    return shortcut
 
 
 def _pool_params(pool: nn.Module | None) -> tuple[int, int, int] | None:

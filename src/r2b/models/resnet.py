@@ -220,7 +220,7 @@ class BinaryResNet18(nn.Module):
             nn.Conv2d(3, widths[0], 7 if stem == "imagenet" else 3,
                       2 if stem == "imagenet" else 1, 3 if stem == "imagenet" else 1, bias=False),
             nn.BatchNorm2d(widths[0]),
-            nn.PReLU(widths[0]),
+            PReLU(widths[0]),
         ]  # fmt: skip
         if stem == "imagenet":
             stem_layers.append(nn.MaxPool2d(3, 2, 1))

@@ -623,8 +623,26 @@ def _half_worker(data):
         task = _next_task(args)
 
 
+#: Slots of ``half_block``'s argument array that stay the same for a layer (``half_static``).
+_HALF_STATIC = ((8, 12), (12, 14), (17, 19), (29, 33), (43, 48), (49, 53))
+
+
+def half_static(wt, geo, alpha, slope, nxt, bn_a, bn_b) -> np.ndarray:
+    """The per-layer part of ``half_block``'s arguments, packed once (the arrays must outlive
+    it): weights ``wt``, ``geo = (n_out_ch, K, kh, kw, stride)``, ``alpha``, PReLU ``slope``,
+    ``nxt = (fuse, bn mode, pad, write_y)`` and the next block's BN coefficients."""
+    args = np.zeros(64, np.int64)
+    for slot, arr in ((8, wt), (12, alpha), (17, slope), (29, bn_a), (31, bn_b)):
+        assert arr.flags.c_contiguous
+        args[slot] = arr.ctypes.data
+        args[slot + 1 : slot + 1 + arr.ndim] = arr.shape
+    args[43:48] = geo[:5]
+    args[49:53] = nxt
+    return args
+
+
 @njit(cache=True, nogil=True)
-def half_block(xp, wt, geo, alpha, gain, slope, shortcut, out, nxt, bn_a, bn_b, xp2, y2, launch):
+def half_block(static, xp, gain, shortcut, out, xp2, y2, launch):
     """Binary conv fused with the half block's float epilogue and the next block's BN + pack::
 
         c   = float(K - 2 * mismatches)          exact integer
@@ -632,28 +650,23 @@ def half_block(xp, wt, geo, alpha, gain, slope, shortcut, out, nxt, bn_a, bn_b, 
         out = (v if v > 0 else slope[o] * v) + shortcut[n, o, oh, ow]      PReLU, residual add
         if fuse:  xp2 <- sign bits of y2 = BN_next(out)   (y2 written if write_y)
 
-    ``geo = (n_out_ch, K, kh, kw, stride)``; ``nxt = (fuse, bn mode, pad, write_y)`` (int64).
-    ``alpha = 1`` when the conv has no weight scale: multiplying by 1 is exact.
+    ``static``: the layer's constant arguments (``half_static``). ``alpha = 1`` when the conv has
+    no weight scale: multiplying by 1 is exact.
     """
     args = np.empty(64, np.int64)
+    for first, end in _HALF_STATIC:
+        args[first:end] = static[first:end]
     _put_array(args, 3, xp)
-    _put_array(args, 8, wt)
-    _put_array(args, 12, alpha)
     _put_array(args, 14, gain)
-    _put_array(args, 17, slope)
     _put_array(args, 19, shortcut)
     _put_array(args, 24, out)
-    _put_array(args, 29, bn_a)
-    _put_array(args, 31, bn_b)
     _put_array(args, 33, xp2)
     _put_array(args, 38, y2)
-    n_task_o = (wt.shape[0] * TILE_O + TASK_O - 1) // TASK_O
+    n_task_o = (args[9] * TILE_O + TASK_O - 1) // TASK_O
     group = _rows_per_task(out.shape[2], out.shape[3], out.shape[0] * n_task_o, launch[3])
-    args[43:48] = geo[:5]
     args[48] = group
-    args[49:53] = nxt
     n_groups = (out.shape[2] + group - 1) // group
-    macs = out.size * geo[1]
+    macs = out.size * args[44]
     _run_parallel(args, out.shape[0] * n_groups * n_task_o, launch, macs // 256 + out.size)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from r2b.errors import UserError
@@ -151,6 +152,26 @@ class PackedHalfBlock(nn.Module):
             act.weight.detach().float().expand(conv.out_channels).numpy()
         )
         self.bn_mode, self._bn_a, self._bn_b = probe_bn_mode(bn)
+        self._statics: dict = {}
+        self._scales: dict[int, torch.Tensor] = {}
+        self._gate_weights = _gate_weights(self.gate)
+
+    def _static(self, nxt: PackedHalfBlock | None) -> np.ndarray:
+        """The constant arguments of this block's kernel when followed by ``nxt`` (fused)."""
+        key = None if nxt is None else (id(nxt), nxt.bn_mode)
+        if key not in self._statics:
+            conv = self.conv
+            if nxt is None:
+                flags, bn_a, bn_b = np.zeros(4, np.int64), _NO_F32_1D, _NO_F32_1D
+            else:
+                write_y = int(nxt.gate is not None)
+                flags = np.array([1, nxt.bn_mode, nxt.conv.padding, write_y], np.int64)
+                bn_a, bn_b = nxt._bn_a, nxt._bn_b
+            static = kernels.half_static(
+                conv._wt, conv._geo, conv._alpha, self._slope, flags, bn_a, bn_b
+            )
+            self._statics[key] = (static, bn_a, bn_b)  # the arrays stay alive with it
+        return self._statics[key][0]
 
     def prepare(self, x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor | None]:
         """Packed ``sign(BN(x))`` and, when the gate needs it, ``BN(x)`` itself."""
@@ -186,10 +207,15 @@ class PackedHalfBlock(nn.Module):
         """The PyTorch side: per-image channel gain ``(N, O)`` (gate of ``y`` or the learned
         scale) and the shortcut ``(N, O, OH, OW)``."""
         n = x.shape[0]
-        if self.gate is not None:
+        if self._gate_weights is not None:
+            w1, w2 = self._gate_weights
+            gain = torch.sigmoid(F.linear(F.relu(F.linear(y.mean(dim=(2, 3)), w1)), w2))
+        elif self.gate is not None:
             gain = self.gate(y).reshape(n, -1)
         else:
-            gain = self.scale.expand(n, -1)
+            gain = self._scales.get(n)
+            if gain is None:
+                gain = self._scales[n] = self.scale.expand(n, -1).contiguous()
         shortcut = x if self.shortcut is None else self.shortcut(x)
         return gain, shortcut
 
@@ -207,17 +233,13 @@ class PackedHalfBlock(nn.Module):
         oh, ow = conv.output_size(x.shape[2], x.shape[3])
         out = torch.empty((n, conv.out_channels, oh, ow), dtype=torch.float32)
         fuse = nxt is not None and nxt.bn_mode != BN_NONE
-        xp2, y2, nxt_flags = _NO_U64_4D, None, np.zeros(4, np.int64)
-        bn_a, bn_b = _NO_F32_1D, _NO_F32_1D
+        xp2, y2 = _NO_U64_4D, None
         if fuse:
             xp2 = nxt.conv.packed_buffer(n, oh, ow)
             y2 = torch.empty_like(out) if nxt.gate is not None else None
-            nxt_flags[:] = (1, nxt.bn_mode, nxt.conv.padding, int(y2 is not None))
-            bn_a, bn_b = nxt._bn_a, nxt._bn_b
         kernels.half_block(
-            xp, conv._wt, conv._geo, conv._alpha, _f32(gain), self._slope, _f32(shortcut),
-            out.numpy(), nxt_flags, bn_a, bn_b, xp2, _NO_F32_4D if y2 is None else y2.numpy(),
-            _launch("half_block"),
+            self._static(nxt if fuse else None), xp, _f32(gain), _f32(shortcut), out.numpy(), xp2,
+            _NO_F32_4D if y2 is None else y2.numpy(), _launch("half_block"),
         )  # fmt: skip
         if nxt is None:
             return out, None, None
@@ -332,6 +354,23 @@ def packed_shortcut(shortcut: nn.Module | None) -> nn.Module | None:
     ):
         return PackedDownsample(pool, shortcut.conv, shortcut.bn)
     return shortcut
+
+
+def _gate_weights(gate: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(W1, W2)`` when ``gate(y)`` is ``sigmoid(W2 relu(W1 mean_hw(y)))`` computed by the same
+    PyTorch ops as its functional form (checked on a probe), so the engine can call those ops
+    directly and skip the module calls; else ``None``."""
+    fc1, fc2 = getattr(gate, "fc1", None), getattr(gate, "fc2", None)
+    if not isinstance(fc1, nn.Linear) or not isinstance(fc2, nn.Linear):
+        return None
+    if fc1.bias is not None or fc2.bias is not None:
+        return None
+    w1, w2 = fc1.weight.detach(), fc2.weight.detach()
+    probe = torch.randn(2, fc1.in_features, 3, 5, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = gate(probe).reshape(2, -1)
+        got = torch.sigmoid(F.linear(F.relu(F.linear(probe.mean(dim=(2, 3)), w1)), w2))
+    return (w1, w2) if torch.equal(expected, got) else None
 
 
 def _pool_params(pool: nn.Module | None) -> tuple[int, int, int] | None:

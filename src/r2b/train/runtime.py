@@ -79,6 +79,9 @@ def make_fabric(cfg: RuntimeConfig) -> Fabric:
         ) from None
     fabric.launch()
     fabric.r2b_precision = resolve_precision(cfg)
+    if fabric.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels
+        torch.set_float32_matmul_precision("high")  # TF32 for the float32 parts
     return fabric
 
 

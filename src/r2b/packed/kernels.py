@@ -295,22 +295,25 @@ def _make_tile(n_pix: int, n_vec: int):
         v32 = ir.VectorType(i32, lanes)
         for v in range(n_vec):
             counts = [builder.trunc(builder.load(slots[t * n_vec + v]), v32) for t in range(n_pix)]
-            if n_pix == 4:
-                # [c0 | c1 | c2 | c3] (pixel-major) -> [ch0: p0..p3 | ch1: p0..p3 | ...]
-                lo = builder.shuffle_vector(counts[0], counts[1], ir.Constant(
-                    ir.VectorType(i32, 16), list(range(16))))  # fmt: skip
-                hi = builder.shuffle_vector(counts[2], counts[3], ir.Constant(
-                    ir.VectorType(i32, 16), list(range(16))))  # fmt: skip
-                order = [t * lanes + o for o in range(lanes) for t in range(4)]
-                allc = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(i32, 32), order))
+            if n_pix in (2, 4, 8):
+                # pixel-major [p0: ch0..7 | p1: ch0..7 | ...] -> channel-major rows of n_pix
+                while len(counts) > 1:
+                    size = 2 * counts[0].type.count
+                    mask = ir.Constant(ir.VectorType(i32, size), list(range(size)))
+                    counts = [builder.shuffle_vector(counts[k], counts[k + 1], mask)
+                              for k in range(0, len(counts), 2)]  # fmt: skip
+                allc = counts[0]
+                total = lanes * n_pix
+                order = [t * lanes + o for o in range(lanes) for t in range(n_pix)]
+                allc = builder.shuffle_vector(allc, allc, ir.Constant(ir.VectorType(i32, total),
+                                                                      order))  # fmt: skip
+                chunk = ir.VectorType(i32, n_pix)
                 for o in range(lanes):
-                    quad = builder.shuffle_vector(allc, ir.Constant(ir.VectorType(i32, 32),
-                                                  ir.Undefined), ir.Constant(
-                        ir.VectorType(i32, 4), list(range(4 * o, 4 * o + 4))))  # fmt: skip
+                    part = builder.shuffle_vector(allc, allc, ir.Constant(
+                        chunk, list(range(n_pix * o, n_pix * o + n_pix))))  # fmt: skip
                     row = builder.mul(ir.Constant(i64, v * lanes + o), out_stride)
-                    ptr = builder.bitcast(builder.gep(obase, [row]),
-                                          ir.VectorType(i32, 4).as_pointer())  # fmt: skip
-                    builder.store(quad, ptr, align=4)
+                    ptr = builder.bitcast(builder.gep(obase, [row]), chunk.as_pointer())
+                    builder.store(part, ptr, align=4)
             else:
                 for t in range(n_pix):
                     for o in range(lanes):
@@ -327,7 +330,9 @@ def _make_tile(n_pix: int, n_vec: int):
     return intrinsic(typer)
 
 
+_tile8 = _make_tile(8, TILE_O // 8)
 _tile = _make_tile(TILE_P, TILE_O // 8)
+_tile2 = _make_tile(2, TILE_O // 8)
 _tile1 = _make_tile(1, TILE_O // 8)
 
 
@@ -422,15 +427,22 @@ def _mismatch_rows(xp, wt, n, oh0, oh1, blk0, n_blk, kh, kw, stride, out_w, rows
     xrow = wp * n_words
     xpix = stride * n_words
     r_stride = rows.shape[1]
-    full = out_w - out_w % TILE_P
+    n8 = out_w // 8 * 8
+    n4 = n8 + (out_w - n8) // 4 * 4
+    n2 = n4 + (out_w - n4) // 2 * 2
     for b in range(n_blk):
         w_addr = wt.ctypes.data + 8 * ((blk0 + b) * wt.shape[1] * TILE_O)
         for oh in range(oh0, oh1):
             x0 = xp.ctypes.data + 8 * ((n * hp + oh * stride) * wp * n_words)
             r0 = rows.ctypes.data + 4 * (b * TILE_O * r_stride + (oh - oh0) * out_w)
-            for ow0 in range(0, full, TILE_P):
-                _tile(x0 + 8 * ow0 * xpix, xpix, xrow, w_addr, kh, q_len, r0 + 4 * ow0, r_stride)
-            for ow in range(full, out_w):
+            # pixels in tiles of 8, then at most one of 4, 2 and 1
+            for ow in range(0, n8, 8):
+                _tile8(x0 + 8 * ow * xpix, xpix, xrow, w_addr, kh, q_len, r0 + 4 * ow, r_stride)
+            for ow in range(n8, n4, 4):
+                _tile(x0 + 8 * ow * xpix, xpix, xrow, w_addr, kh, q_len, r0 + 4 * ow, r_stride)
+            for ow in range(n4, n2, 2):
+                _tile2(x0 + 8 * ow * xpix, xpix, xrow, w_addr, kh, q_len, r0 + 4 * ow, r_stride)
+            for ow in range(n2, out_w):
                 _tile1(x0 + 8 * ow * xpix, xpix, xrow, w_addr, kh, q_len, r0 + 4 * ow, r_stride)
 
 

@@ -174,3 +174,27 @@ def test_prelu_matches_torch():
     assert torch.allclose(x.grad, x2.grad) and torch.allclose(w.grad, w2.grad, atol=1e-5)
     module = PReLU(3)
     assert isinstance(module, nn.PReLU) and torch.equal(module(x), F.prelu(x, module.weight))
+
+
+def test_fused_conv_with_an_all_zero_output_channel():
+    # alpha_0 = 0: the output of channel 0 is 0 and its alpha gradient needs the kept unscaled sum
+    torch.manual_seed(7)
+    conv = BinaryConv2d(
+        3, 2, 3, 1, 1, input_quantizer="ste_sign", weight_quantizer="ste_sign", weight_scale=True
+    )
+    with torch.no_grad():
+        conv.weight.uniform_(-1.0, 1.0)
+        conv.weight[0] = 0.0
+    x = torch.randn(2, 3, 4, 4)
+    w_ref = conv.weight.detach().clone().requires_grad_()
+    y, y_ref = conv(x), _reference_conv(x, w_ref, "ste_sign", "ste_sign", True, 1.0, 1)
+    assert torch.equal(y, y_ref) and not y[:, 0].any()
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_ref.backward(g)
+    # autograd's abs has subgradient 0 at W = 0 where ours uses sign(0) = +1: compare channel 1,
+    # and channel 0 against d/dW = STE part + sign(0) * dL/dalpha / n by hand
+    assert torch.allclose(conv.weight.grad[1], w_ref.grad[1], atol=1e-5)
+    u = F.conv2d(F.pad(_sign(x), (1, 1, 1, 1), value=1.0), _sign(w_ref.detach()))
+    grad_alpha0 = (g[:, 0] * u[:, 0]).sum()
+    assert torch.allclose(conv.weight.grad[0], w_ref.grad[0] + grad_alpha0 / 27, atol=1e-4)

@@ -78,11 +78,11 @@ def test_weight_signs_alpha_and_mask_flag():
 
     torch.manual_seed(0)
     w = torch.rand(4, 3, 3, 3) * 1.8 - 0.9
-    s, alpha, masked = weight_signs(w, with_alpha=True)
+    s, alpha, masked, nonzero = weight_signs(w, with_alpha=True)
     assert torch.equal(s, torch.where(w >= 0, 1.0, -1.0))
     assert torch.equal(alpha, w.abs().mean(dim=(1, 2, 3)))  # bit for bit: weight_alpha's formula
-    assert masked is False
+    assert masked is False and nonzero is True
     w[0, 0, 0, 0], w[1, 0, 0, 0], w[2, 0, 0, 0] = 0.0, -0.0, 1.5  # zeros take the other path
-    s, alpha, masked = weight_signs(w, with_alpha=False)
+    s, alpha, masked, nonzero = weight_signs(w, with_alpha=False)
     assert torch.equal(s, torch.where(w >= 0, 1.0, -1.0)) and s[1, 0, 0, 0] == 1.0
-    assert alpha is None and masked is True
+    assert alpha is None and masked is True and nonzero is False

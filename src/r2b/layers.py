@@ -105,14 +105,21 @@ class BinaryConv2d(nn.Conv2d):
         )
 
 
+_BORDERS: dict[tuple, torch.Tensor] = {}
+
+
 def _border_image(
     like: torch.Tensor, in_size: tuple[int, int], padding: tuple[int, int], value: float
 ) -> torch.Tensor:
-    """A ``(1, 1, H + 2 ph, W + 2 pw)`` image: ``value`` on the padding, ``0`` inside."""
+    """A ``(1, 1, H + 2 ph, W + 2 pw)`` image: ``value`` on the padding, ``0`` inside (cached;
+    never written to)."""
     (h, w), (ph, pw) = in_size, padding
-    border = like.new_full((1, 1, h + 2 * ph, w + 2 * pw), value)
-    border[:, :, ph : ph + h, pw : pw + w] = 0.0
-    return border
+    key = (h, w, ph, pw, value, like.dtype, like.device)
+    if key not in _BORDERS:
+        border = like.new_full((1, 1, h + 2 * ph, w + 2 * pw), value)
+        border[:, :, ph : ph + h, pw : pw + w] = 0.0
+        _BORDERS[key] = border
+    return _BORDERS[key]
 
 
 class BinaryConvFunction(torch.autograd.Function):
@@ -151,9 +158,9 @@ class BinaryConvFunction(torch.autograd.Function):
     def forward(ctx, x, weight, stride, padding, border, rule, mode):
         xq = _sign(x) if rule is not None else x
         if mode == "real":
-            wq, alpha, masked = weight, None, False
+            wq, alpha, masked, nonzero = weight, None, False, False
         else:
-            wq, alpha, masked = weight_signs(weight, with_alpha=mode == "sign_alpha")
+            wq, alpha, masked, nonzero = weight_signs(weight, with_alpha=mode == "sign_alpha")
         y = F.conv2d(xq, wq, None, stride, padding)
         image = taps = None
         if border:
@@ -163,8 +170,8 @@ class BinaryConvFunction(torch.autograd.Function):
         unscaled = None
         if alpha is not None:
             a = alpha.view(1, -1, 1, 1)
-            if x.device.type == "cpu" and bool(alpha.min() > 0):
-                y.mul_(a)  # u = y / alpha is recoverable: no second buffer
+            if nonzero:  # no alpha_o is 0: u = y / alpha is recoverable, no second buffer
+                y.mul_(a)
             else:
                 unscaled, y = y, y * a
         ctx.save_for_backward(x, xq, weight, wq, image, taps, alpha, y, unscaled)
@@ -236,7 +243,7 @@ class ChannelPReLU(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             shape = [1, -1] + [1] * (x.dim() - 2)
             m = torch.ops.aten.threshold_backward(grad_out, x, 0)
-            grad_x = torch.lerp(grad_out, m, (1 - weight).view(shape), out=m)
+            grad_x = torch.lerp(grad_out, m, (1 - weight).view(shape).to(m.dtype), out=m)
         return grad_x, grad_w
 
 

@@ -136,24 +136,26 @@ SIGN_GRADIENTS_INPLACE: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.T
 
 def weight_signs(
     w: torch.Tensor, with_alpha: bool
-) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
-    """``(sign(W), alpha, masked)`` for the weight side of a binary conv (no autograd).
+) -> tuple[torch.Tensor, torch.Tensor | None, bool, bool]:
+    """``(sign(W), alpha, masked, nonzero)`` for the weight side of a binary conv (no autograd).
 
     ``alpha_o = mean(|W_o|)`` over all but the first dim (None unless ``with_alpha``): the same
     expression as ``BinaryConv2d.weight_alpha``, so the two agree bit for bit. ``masked`` says
     whether the clipped STE mask ``1[|W| <= 1]`` can differ from all ones: False when every
-    ``|W| <= 1`` -- always in the ``bnn`` stage, whose latent weights are clipped -- checked on
-    CPU with one read of ``|W|`` (elsewhere the mask is always applied). The same read shows
-    whether ``W`` has a zero; without one ``copysign(1, W)`` is ``sign(W)`` (it would give -1 for
-    ``-0.0``) and is written into the buffer of ``|W|``.
+    ``|W| <= 1`` -- always in the ``bnn`` stage, whose latent weights are clipped. ``nonzero``:
+    no weight is zero (so no ``alpha_o`` is 0 either). Both come from one read of ``|W|`` on CPU;
+    elsewhere they are the safe answers (True, False) without a device sync. Without a zero,
+    ``copysign(1, W)`` is ``sign(W)`` (it would give -1 for ``-0.0``) and is written into the
+    buffer of ``|W|``.
     """
     a = w.abs()
     alpha = a.mean(dim=tuple(range(1, w.dim()))) if with_alpha else None
     if w.device.type != "cpu":
-        return _sign(w), alpha, True
-    smallest, largest = torch.aminmax(a)
-    s = torch.copysign(a.new_ones(()), w, out=a) if bool(smallest > 0) else _sign(w)
-    return s, alpha, bool(largest > 1)
+        return _sign(w), alpha, True, False
+    smallest, largest = (v.item() for v in torch.aminmax(a))
+    nonzero = smallest > 0
+    s = torch.copysign(a.new_ones(()), w, out=a) if nonzero else _sign(w)
+    return s, alpha, largest > 1, nonzero
 
 
 QUANTIZERS: dict[str, Quantizer] = {

@@ -17,14 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
-
-import torch
-
-from r2b.models import create_model
-from r2b.packed import to_packed
-from r2b.packed.bench import benchmark, machine, peak_gbmacs, profile
 
 CONFIGS = [
     ("r2b_resnet18", "imagenet", 1000, 224, 1),
@@ -41,7 +36,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--tag", default="local", help="results/packed_<tag>.json|md")
     parser.add_argument("--quick", action="store_true", help="first configuration only")
+    parser.add_argument(
+        "--omp-wait-policy", default="passive", choices=["passive", "active", "inherit"],
+        help="OMP_WAIT_POLICY for both networks (set before PyTorch loads OpenMP)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.omp_wait_policy != "inherit":
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
+    import torch
+
+    from r2b.models import create_model
+    from r2b.packed import to_packed
+    from r2b.packed.bench import benchmark, machine, peak_gbmacs, profile
+
     torch.set_num_threads(args.threads)
     results = []
     for name, stem, classes, size, batch in CONFIGS[:1] if args.quick else CONFIGS:
@@ -61,7 +68,10 @@ def main() -> None:
     peak = peak_gbmacs(args.threads)
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    record = {"machine": machine(), "threads": args.threads, "peak": peak, "results": results}
+    record = {
+        "machine": machine(), "threads": args.threads, "peak": peak, "results": results,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
+    }  # fmt: skip
     (out / f"packed_{args.tag}.json").write_text(json.dumps(record, indent=1, default=float))
     (out / f"packed_{args.tag}.md").write_text(markdown(record))
     print(markdown(record))
@@ -72,7 +82,8 @@ def markdown(record: dict) -> str:
     m = record["machine"]
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['popcount_isa']}; torch {m['torch']}; "
-        f"{record['threads']} threads for both networks; medians of alternating runs.",
+        f"{record['threads']} threads for both networks, OMP_WAIT_POLICY="
+        f"{record.get('omp_wait_policy', '(default)')}; medians of alternating runs.",
         "",
         "| model | input | batch | packed ms | float ms | speedup | vs channels-last float |"
         " binary convs G bMAC/s |",

@@ -233,11 +233,13 @@ def format_report(result: dict, prof: dict | None, peak: dict | None) -> str:
     """The text ``r2b bench`` prints."""
     m = result["machine"]
     arch = result["model"]
+    policy = result.get("omp_wait_policy", os.environ.get("OMP_WAIT_POLICY", "(default)"))
     lines = [
         f"model     {arch.get('name')} stem={arch.get('stem', 'imagenet')} "
         f"width={arch.get('width', 1.0)}, input {result['batch']}x3x{result['input_size']}"
         f"x{result['input_size']}, {result['threads']} threads, medians of {result['runs']}",
-        f"machine   {m['cpu']}, {m['cores']} cores, {m['popcount_isa']}, torch {m['torch']}",
+        f"machine   {m['cpu']}, {m['cores']} cores, {m['popcount_isa']}, torch {m['torch']}, "
+        f"OMP_WAIT_POLICY={policy}",
         f"packed    {result['packed_ms']:8.2f} ms",
         f"float     {result['float_ms']:8.2f} ms   (PyTorch ResNet-18, NCHW)   "
         f"speedup {result['speedup']:.2f}x",

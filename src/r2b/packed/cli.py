@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from r2b.errors import UserError
@@ -51,6 +54,12 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", type=int, default=30, help="timed runs of each network (30)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first (5)")
     p.add_argument("--no-profile", action="store_true", help="skip the per-layer profile")
+    p.add_argument(
+        "--omp-wait-policy", choices=["passive", "active", "inherit"], default="passive",
+        help="OpenMP wait policy for both networks (default passive: idle threads sleep, which "
+        "keeps timings stable when other programs share the cores; inherit: leave the "
+        "environment as it is). Applied by re-running the command with OMP_WAIT_POLICY set.",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_bench)
 
@@ -119,6 +128,12 @@ def run_bench(args: argparse.Namespace) -> int:
         raise UserError("--threads must be at least 1")
     if args.runs < 1 or args.batch < 1:
         raise UserError("--runs and --batch must be at least 1")
+    policy = args.omp_wait_policy
+    if policy != "inherit" and os.environ.get("OMP_WAIT_POLICY", "").lower() != policy:
+        # the OpenMP runtime reads its wait policy once, when PyTorch loads it: run anew
+        env = dict(os.environ, OMP_WAIT_POLICY=policy.upper())
+        return subprocess.run([sys.executable, "-m", "r2b.cli", *_bench_argv(args)],
+                              env=env).returncode  # fmt: skip
     packed = load_for_bench(args.model, args.stem, args.num_classes)
     result = benchmark(
         packed, args.batch, args.input_size, args.threads, runs=args.runs, warmup=args.warmup
@@ -129,8 +144,22 @@ def run_bench(args: argparse.Namespace) -> int:
         peak = peak_gbmacs(result["threads"])
         result["profile"] = prof
         result["peak_gbmacs_per_s"] = peak
+    result["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "(default)")
     if args.json:
         print(json.dumps(result, default=float))
     else:
         print(format_report(result, prof, peak))
     return 0
+
+
+def _bench_argv(args: argparse.Namespace) -> list[str]:
+    """The ``r2b bench`` arguments that reproduce ``args`` (with the wait policy inherited)."""
+    argv = ["bench"] + ([args.model] if args.model else [])
+    for flag in ("batch", "threads", "input_size", "stem", "num_classes", "runs", "warmup"):
+        value = getattr(args, flag)
+        if value is not None:
+            argv += [f"--{flag.replace('_', '-')}", str(value)]
+    argv += ["--omp-wait-policy", "inherit"]
+    argv += ["--no-profile"] if args.no_profile else []
+    argv += ["--json"] if args.json else []
+    return argv

@@ -8,17 +8,17 @@
 #   OUT=/tmp/out EP_FULL=8 BUDGET=500 bash benchmarks/gpu_session.sh
 set -u
 export PYTHONPATH="$PWD/src" PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; EP_FULL=${EP_FULL:-8}; BUDGET=${BUDGET:-500}; BETAS=${BETAS:-"1 10 30"}
+OUT=${OUT:-/tmp/out}; EP_FULL=${EP_FULL:-8}; BUDGET=${BUDGET:-400}; BETAS=${BETAS:-"1 10 30"}
 mkdir -p "$OUT" /tmp/logs
 data=$(cd benchmarks && python3 -c "from common import unpack_cifar10; print(unpack_cifar10())")
-timeout "$BUDGET" python3 benchmarks/run_c10_mini.py --parallel 2 --data "$data" \
+timeout "$BUDGET" python3 benchmarks/run_c10_mini.py --parallel 2 --set runtime.precision=32-true --data "$data" \
   --runs /tmp/c10 --results "$OUT/c10" > /tmp/logs/c10.log 2>&1 &
 for b in $BETAS; do
   timeout "$BUDGET" python3 -m r2b.cli train --config benchmarks/c10_mini/beta_sweep.yaml \
     --set data.root="$data" --set stages.r2b_fp.loss.att="$b" --set stages.r2b_ban.loss.att="$b" \
-    --set runtime.progress=false --out "/tmp/beta$b" > "/tmp/logs/beta$b.log" 2>&1 &
+    --set runtime.progress=false --set runtime.precision=32-true --out "/tmp/beta$b" > "/tmp/logs/beta$b.log" 2>&1 &
 done
-timeout "$BUDGET" python3 benchmarks/gpu_r2b_cifar10.py --epochs "$EP_FULL" --data "$data" \
+timeout "$BUDGET" python3 benchmarks/gpu_r2b_cifar10.py --epochs "$EP_FULL" --set runtime.precision=32-true --data "$data" \
   --out /tmp/full --results "$OUT/full" > /tmp/logs/full.log 2>&1 &
 wait
 cp /tmp/c10/*.log /tmp/logs/ 2>/dev/null

@@ -97,15 +97,18 @@ def test_packed_conv_equals_float_conv_exactly(n, c, h, w, o, k, stride, pad, pa
     assert torch.equal(got, expected.to(torch.int32))
 
 
-def test_kernels_run_on_the_calling_thread_without_openmp():
+def test_serial_and_threaded_kernels_agree():
     gen = torch.Generator().manual_seed(3)
     y, weight = torch.randn(2, 70, 9, 9, generator=gen), torch.randn(24, 70, 3, 3, generator=gen)
     conv = PackedBinaryConv2d(pack_weight(weight), 70, 1, 1, None)
     xp = conv.pack(y)
-    out = np.empty((2, 24, 9, 9), np.int32)
-    serial = (0, 0, kernels.worker_address("conv_int"), 1)
-    kernels.conv_int(xp, conv._wt, conv._geo, out, serial)
-    assert np.array_equal(out, conv(y).numpy())
+    expected = _float_conv(y, weight, 1, 1, 1.0).to(torch.int32).numpy()
+    address = kernels.worker_address("conv_int")
+    par, tid = openmp_entry_points()
+    for launch in [(0, 0, address, 1, 0), (par, tid, address, 2, 0), (par, tid, address, 3, 0)]:
+        out = np.zeros((2, 24, 9, 9), np.int32)
+        kernels.conv_int(xp, conv._wt, conv._geo, out, launch)
+        assert np.array_equal(out, expected), launch
 
 
 def test_kernels_use_pytorchs_openmp_runtime():

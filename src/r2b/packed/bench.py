@@ -175,7 +175,7 @@ def profile(packed: PackedResNet, batch: int, input_size: int, runs: int = 10) -
 def peak_gbmacs(threads: int, seconds: float = 0.2) -> dict:
     """Nominal and measured (in-cache register tile) peak binary-MAC rates in G/s."""
     launch = launch_info(kernels.worker_address("peak"))
-    launch = (launch[0], launch[1], launch[2], threads)
+    launch = (launch[0], launch[1], launch[2], threads, 0)
     per_rep = kernels.TILE_P * 64 * kernels.TILE_O * 64
     kernels.peak(10, threads, launch)
 

@@ -198,24 +198,20 @@ def _next_task(args):
     return _fetch_add(args.ctypes.data + 8 * ARG_COUNTER)
 
 
-#: Work (in float elements, or binary MACs / 256) below which a kernel runs on the calling
-#: thread: waking a second thread costs microseconds, or milliseconds if the OS has parked it.
-_MIN_PARALLEL_WORK = 1 << 16
-
-
 @njit(inline="always")
-def _run_parallel(args, n_tasks, launch, work):
-    """Run the worker ``launch[2]`` over ``n_tasks`` tasks on ``launch[3]`` OpenMP threads
-    (one thread when ``work`` is below ``_MIN_PARALLEL_WORK``).
+def _run_parallel(args, n_tasks, launch, work_ns):
+    """Run the worker ``launch[2]`` over ``n_tasks`` tasks on ``launch[3]`` OpenMP threads, or on
+    the calling thread when the estimated single-thread time ``work_ns`` is below ``launch[4]``
+    (waking sleeping threads costs more than such a kernel gains from them).
 
     Returns the final task counter (at least ``n_tasks``).
     """
-    par, tid, worker, n_threads = launch
+    par, tid, worker, n_threads, min_parallel_ns = launch
     args[ARG_TID_FN] = tid  # reserved: omp_get_thread_num, for kernels that need it
     args[ARG_COUNTER] = 0
     args[ARG_N_TASKS] = n_tasks
     n_threads = min(n_threads, n_tasks)
-    if par != 0 and n_threads > 1 and work >= _MIN_PARALLEL_WORK:
+    if par != 0 and n_threads > 1 and work_ns >= min_parallel_ns:
         _call_parallel(par, worker, args.ctypes.data, n_threads)
     else:
         _call_worker(worker, args.ctypes.data)
@@ -508,7 +504,7 @@ def bn_pack(x, mode, bn_a, bn_b, pad, xp, write_y, y, launch):
     _put_array(args, 17, y)
     group = _rows_per_task(x.shape[2], x.shape[3], x.shape[0], launch[3])
     args[22], args[23], args[24], args[25] = mode, pad, write_y, group
-    _run_parallel(args, x.shape[0] * ((x.shape[2] + group - 1) // group), launch, x.size)
+    _run_parallel(args, x.shape[0] * ((x.shape[2] + group - 1) // group), launch, x.size // 4)
 
 
 # ------------------------------------------------------------------ integer conv
@@ -565,7 +561,7 @@ def conv_int(xp, wt, geo, out, launch):
     args[22] = group
     n_groups = (out.shape[2] + group - 1) // group
     macs = out.size * geo[1]
-    _run_parallel(args, out.shape[0] * n_groups * n_task_o, launch, macs // 256 + out.size)
+    _run_parallel(args, out.shape[0] * n_groups * n_task_o, launch, macs // 1500 + out.size // 4)
 
 
 # ------------------------------------------------------------------ half block
@@ -679,7 +675,7 @@ def half_block(static, xp, gain, shortcut, out, xp2, y2, launch):
     args[48] = group
     n_groups = (out.shape[2] + group - 1) // group
     macs = out.size * args[44]
-    _run_parallel(args, out.shape[0] * n_groups * n_task_o, launch, macs // 256 + out.size)
+    _run_parallel(args, out.shape[0] * n_groups * n_task_o, launch, macs // 1500 + out.size // 4)
 
 
 # ------------------------------------------------------------------ stem tail
@@ -764,7 +760,7 @@ def stem_tail(conv, mode, bn_a, bn_b, slope, pool, out, launch):
     _put_array(args, 14, out)
     args[19] = mode
     args[20:23] = pool
-    _run_parallel(args, out.shape[0] * out.shape[2], launch, conv.size)
+    _run_parallel(args, out.shape[0] * out.shape[2], launch, conv.size // 2)
 
 
 # ------------------------------------------------------------------ average pool
@@ -809,7 +805,7 @@ def avg_pool2(x, out, launch):
     args = np.empty(16, np.int64)
     _put_array(args, 3, x)
     _put_array(args, 8, out)
-    _run_parallel(args, x.shape[0] * x.shape[1], launch, x.size)
+    _run_parallel(args, x.shape[0] * x.shape[1], launch, x.size // 8)
 
 
 # ------------------------------------------------------------------ in-cache peak

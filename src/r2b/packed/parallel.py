@@ -59,7 +59,15 @@ def _openmp_candidates() -> list[str]:
     return loaded
 
 
-def launch_info(worker_address: int) -> tuple[int, int, int, int]:
-    """``(GOMP_parallel, omp_get_thread_num, worker, threads)`` for ``run_parallel``."""
+#: Estimated single-thread kernel time (ns) from which a kernel is worth a second thread: with
+#: OMP_WAIT_POLICY=passive idle threads sleep and take tens of microseconds to wake.
+MIN_PARALLEL_NS = {"passive": 60_000, "default": 15_000}
+
+
+def launch_info(worker_address: int) -> tuple[int, int, int, int, int]:
+    """``(GOMP_parallel, omp_get_thread_num, worker, threads, min_parallel_ns)`` for the
+    kernels' launcher."""
     par, tid = openmp_entry_points()
-    return par, tid, worker_address, max(1, torch.get_num_threads())
+    passive = os.environ.get("OMP_WAIT_POLICY", "").lower() == "passive"
+    threshold = MIN_PARALLEL_NS["passive" if passive else "default"]
+    return par, tid, worker_address, max(1, torch.get_num_threads()), threshold

@@ -85,3 +85,25 @@ def test_bad_arguments():
         create_model("sb_resnet18", stem="mnist")
     with pytest.raises(ValueError, match="stage"):
         create_model("sb_resnet18", stage="int8")
+
+
+@pytest.mark.parametrize("name", BINARY)
+@pytest.mark.parametrize("stage", ["fp", "ban", "bnn"])
+def test_bf16_autocast_step_matches_float32(name, stage):
+    """GPUs train under bf16 autocast: every custom autograd function must accept mixed dtypes
+    and give gradients close to float32's (checked with CPU autocast)."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, stem="cifar", width=0.125, stage=stage)
+    x = torch.randn(8, 3, 16, 16)
+
+    def grads(autocast: bool) -> torch.Tensor:
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = model(x)
+        out.float().logsumexp(1).sum().backward()
+        assert all(p.grad.dtype == p.dtype for p in model.parameters() if p.grad is not None)
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    g32, g16 = grads(False), grads(True)
+    assert torch.isfinite(g16).all()
+    assert torch.nn.functional.cosine_similarity(g32, g16, dim=0) > 0.9

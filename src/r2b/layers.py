@@ -108,6 +108,16 @@ class BinaryConv2d(nn.Conv2d):
 _BORDERS: dict[tuple, torch.Tensor] = {}
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a convolution of ``x`` runs in: autocast's (e.g. bfloat16) where autocast is on
+    for ``x``'s device, else ``x``'s own. Custom autograd functions cast to it explicitly, since
+    their backward runs outside autocast."""
+    kind = x.device.type
+    if torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return x.dtype
+
+
 def _border_image(
     like: torch.Tensor, in_size: tuple[int, int], padding: tuple[int, int], value: float
 ) -> torch.Tensor:
@@ -156,11 +166,13 @@ class BinaryConvFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, stride, padding, border, rule, mode):
-        xq = _sign(x) if rule is not None else x
+        dtype = compute_dtype(x)
+        xq = (_sign(x) if rule is not None else x).to(dtype)
         if mode == "real":
             wq, alpha, masked, nonzero = weight, None, False, False
         else:
             wq, alpha, masked, nonzero = weight_signs(weight, with_alpha=mode == "sign_alpha")
+        wq = wq.to(dtype)
         y = F.conv2d(xq, wq, None, stride, padding)
         image = taps = None
         if border:
@@ -183,6 +195,7 @@ class BinaryConvFunction(torch.autograd.Function):
         x, xq, weight, wq, image, taps, alpha, y, unscaled = ctx.saved_tensors
         stride, padding, rule, masked = ctx.config
         need_x, need_w = ctx.needs_input_grad[:2]
+        grad_y = grad_y.to(xq.dtype)  # under autocast the incoming gradient may be float32
         w_eff, scale_grad_w = wq, None
         if alpha is not None:
             a = alpha.view(-1, 1, 1, 1)
@@ -193,9 +206,9 @@ class BinaryConvFunction(torch.autograd.Function):
                     grad_alpha = (grad_y * unscaled).sum(dim=(0, 2, 3))
             # d/du = alpha dL/dy: scale the smaller of the weights and the gradient
             if wq.numel() <= grad_y.numel():
-                w_eff, scale_grad_w = wq * a, a
+                w_eff, scale_grad_w = (wq * a).to(wq.dtype), a
             else:
-                grad_y = grad_y * a.view(1, -1, 1, 1)
+                grad_y = (grad_y * a.view(1, -1, 1, 1)).to(xq.dtype)
         grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
             grad_y, xq, w_eff, None, stride, padding, (1, 1), False, (0, 0), 1,
             [need_x, need_w, False],
@@ -231,19 +244,20 @@ class ChannelPReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
-        return torch.prelu(x, weight)
+        return torch.prelu(x, weight.to(x.dtype))
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         x, weight = ctx.saved_tensors
+        grad_out = grad_out.to(x.dtype)  # under autocast the gradient may arrive as float32
         grad_x = grad_w = None
         if ctx.needs_input_grad[1]:
             dims = [d for d in range(x.dim()) if d != 1]
-            grad_w = torch.clamp_max(x, 0).mul_(grad_out).sum(dim=dims)
+            grad_w = torch.clamp_max(x, 0).mul_(grad_out).sum(dim=dims, dtype=weight.dtype)
         if ctx.needs_input_grad[0]:
             shape = [1, -1] + [1] * (x.dim() - 2)
             m = torch.ops.aten.threshold_backward(grad_out, x, 0)
-            grad_x = torch.lerp(grad_out, m, (1 - weight).view(shape).to(m.dtype), out=m)
+            grad_x = torch.lerp(grad_out, m, (1 - weight).view(shape).to(x.dtype), out=m)
         return grad_x, grad_w
 
 

@@ -34,8 +34,16 @@ _NO_F32_4D = np.zeros((1, 1, 1, 1), np.float32)
 _NO_U64_4D = np.zeros((1, 1, 1, 1), np.uint64)
 
 
-def _launch(name: str) -> tuple[int, int, int, int]:
-    return launch_info(kernels.worker_address(name))
+_LAUNCH: dict[tuple[str, int], tuple] = {}
+
+
+def _launch(name: str) -> tuple[int, int, int, int, int]:
+    """Launch arguments of kernel ``name`` for the current thread count (cached)."""
+    key = (name, torch.get_num_threads())
+    info = _LAUNCH.get(key)
+    if info is None:
+        info = _LAUNCH[key] = launch_info(kernels.worker_address(name))
+    return info
 
 
 class PackedBinaryConv2d(nn.Module):

@@ -68,6 +68,11 @@ def launch_info(worker_address: int) -> tuple[int, int, int, int, int]:
     """``(GOMP_parallel, omp_get_thread_num, worker, threads, min_parallel_ns)`` for the
     kernels' launcher."""
     par, tid = openmp_entry_points()
+    return par, tid, worker_address, max(1, torch.get_num_threads()), _min_parallel_ns()
+
+
+@lru_cache(maxsize=1)
+def _min_parallel_ns() -> int:
+    # the OpenMP runtime read OMP_WAIT_POLICY when it loaded; later changes have no effect
     passive = os.environ.get("OMP_WAIT_POLICY", "").lower() == "passive"
-    threshold = MIN_PARALLEL_NS["passive" if passive else "default"]
-    return par, tid, worker_address, max(1, torch.get_num_threads()), threshold
+    return MIN_PARALLEL_NS["passive" if passive else "default"]

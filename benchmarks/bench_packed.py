@@ -86,8 +86,8 @@ def markdown(record: dict) -> str:
         f"{record.get('omp_wait_policy', '(default)')}; medians of alternating runs.",
         "",
         "| model | input | batch | packed ms | float ms | speedup | vs channels-last float |"
-        " binary convs G bMAC/s |",
-        "|---|---|---|---|---|---|---|---|",
+        " binary convs G bMAC/s | load avg |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in record["results"]:
         a = r["model"]
@@ -95,7 +95,7 @@ def markdown(record: dict) -> str:
             f"| {a['name']} ({a.get('stem')}) | {r['input_size']}² | {r['batch']} |"
             f" {r['packed_ms']:.2f} | {r['float_ms']:.2f} | **{r['speedup']:.2f}x** |"
             f" {r['speedup_vs_channels_last']:.2f}x |"
-            f" {r['profile']['binary_gbmacs_per_s']:.0f} |"
+            f" {r['profile']['binary_gbmacs_per_s']:.0f} | {_load(r)} |"
         )
     p = record["peak"]
     nominal = f"{p['nominal']:.0f}" if p["nominal"] else "?"
@@ -106,6 +106,11 @@ def markdown(record: dict) -> str:
         f"{p['measured']:.0f} G/s.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _load(result: dict) -> str:
+    values = [v for v in result.get("load_average", []) if v is not None]
+    return f"{min(values):.1f}-{max(values):.1f}" if values else "?"
 
 
 if __name__ == "__main__":

@@ -99,6 +99,7 @@ def benchmark(
         "float_channels_last": lambda: reference_cl(x_cl),
     }
     times: dict[str, list[float]] = {k: [] for k in nets}
+    load_before = _load_average()
     with torch.inference_mode():
         for _ in range(warmup):
             for fn in nets.values():
@@ -120,8 +121,17 @@ def benchmark(
         "speedup_vs_channels_last": ms["float_channels_last"] / ms["packed"],
         "packed_ms_min": 1e3 * min(times["packed"]),
         "float_ms_min": 1e3 * min(times["float"]),
+        "load_average": [load_before, _load_average()],
         "machine": machine(),
     }
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (other programs sharing the cores), where the OS reports it."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def profile(packed: PackedResNet, batch: int, input_size: int, runs: int = 10) -> dict:
@@ -246,6 +256,10 @@ def format_report(result: dict, prof: dict | None, peak: dict | None) -> str:
         f"float CL  {result['float_channels_last_ms']:8.2f} ms   (channels-last)           "
         f"speedup {result['speedup_vs_channels_last']:.2f}x",
     ]
+    load = [v for v in result.get("load_average", []) if v is not None]
+    if load:
+        lines.append(f"load      1-minute load average {min(load):.1f} .. {max(load):.1f} "
+                     f"(runnable programs; above 0 means others shared the cores)")  # fmt: skip
     if prof:
         lines += [
             "",

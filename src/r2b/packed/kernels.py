@@ -18,13 +18,18 @@ Layouts:
   one row of 16 words per (tap, word) in the order ``(i * kw + j) * Kw + word``.
 - float tensors: ``(N, C, H, W)``, the layout of the PyTorch layers around the kernels.
 
-Register tile (``_tile``): 4 output pixels of a row x 16 output channels, accumulated in 8 vector
-registers of 8 x int64 over all taps. Per (tap, word): 2 weight vector loads, 4 broadcasts, 8 XOR,
-8 popcounts (``VPOPCNTQ`` on AVX-512 VPOPCNTDQ; LLVM lowers the same IR to byte-table popcounts on
-AVX2 and ``CNT`` on NEON), 8 adds. It is written as LLVM IR through a numba intrinsic because
-LLVM's loop vectoriser, left alone, vectorises the reduction over taps instead and keeps the
-accumulators in memory. A task is one output row of one image for 64 output channels (one word of
-the next layer's packed input), so maps of every size split evenly over the threads.
+Register tiles (``_tile8``, ``_tile``, ``_tile2``, ``_tile1``): 8, 4, 2 or 1 output pixels of a
+row x 16 output channels, accumulated in vector registers of 8 x int64 over all taps. Per (tap,
+word) of the 4-pixel tile: 2 weight vector loads, 4 broadcasts, 8 XOR, 8 popcounts (``VPOPCNTQ``
+on AVX-512 VPOPCNTDQ; LLVM lowers the same IR to byte-table popcounts on AVX2 and ``CNT`` on
+NEON), 8 adds; at the end an in-register transpose stores the counts channel-major (int32). The
+tiles are LLVM IR written through numba intrinsics because LLVM's loop vectoriser, left alone,
+vectorises the reduction over taps instead and keeps the accumulators in memory.
+
+Tasks: a task is a group of whole output rows of one image for 64 output channels (one word of
+the next layer's packed input); a group holds about ``_ROW_PIXELS`` pixels, fewer when that would
+leave less than 4 tasks per thread, so that the float loops run over long contiguous stretches of
+NCHW planes and maps of every size still split evenly over the threads.
 
 Float arithmetic is PyTorch's, operation by operation (compiled *without* fast-math, so nothing is
 contracted or reordered): BatchNorm in eval mode is ``y = x * a + b`` with PyTorch's per-channel
@@ -34,7 +39,8 @@ whichever this machine's PyTorch does, found by ``probe_bn_mode``; then ``sign``
 network therefore reproduces the float network bit for bit.
 
 Kernels run as tasks on PyTorch's OpenMP threads (``r2b.packed.parallel``); all are compiled by
-numba for the host CPU and cached on disk (``cache=True``).
+numba for the host CPU (LLVM, ``-march`` of this machine) and cached on disk (``cache=True``; the
+task loops on first use, see ``worker_address``).
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from numba.extending import intrinsic
 
 #: Output channels of a register tile (2 vectors of 8 x uint64).
 TILE_O = 16
-#: Output pixels of a register tile.
+#: Output pixels of the basic register tile (there are 8-, 2- and 1-pixel tiles too).
 TILE_P = 4
 #: Output channels per task: one 64-bit word of the next layer's packed input.
 TASK_O = 64

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -83,9 +85,39 @@ def resolve_config(args: argparse.Namespace):
     return quick_config(args.overrides)
 
 
+def _started_as_r2b_command() -> bool:
+    """Whether this process is the ``r2b`` console script or ``python -m r2b.cli`` (and not,
+    say, a test calling ``main`` in-process)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return (spec is not None and spec.name == "r2b.cli") or Path(sys.argv[0]).name == "r2b"
+
+
+def _reexec_with_passive_openmp() -> None:
+    """Re-run this command in place with ``OMP_WAIT_POLICY=PASSIVE`` when no policy is set and
+    training will run on the CPU.
+
+    PyTorch's OpenMP threads busy-wait by default; on CPU cores shared with other programs that
+    made 2-thread training 5-7x slower than 1 thread here. The OpenMP runtime reads the policy
+    once, when torch is imported (before any of this code runs), so the process is replaced
+    (``os.execv``: same process id, so a kill or torchrun still reaches it).
+    """
+    import torch
+
+    if "OMP_WAIT_POLICY" in os.environ or torch.cuda.is_available():
+        return
+    if not _started_as_r2b_command():
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "r2b.cli", *sys.argv[1:]])
+
+
 def run_train(args: argparse.Namespace) -> int:
     from r2b.train.pipeline import run_pipeline
 
+    _reexec_with_passive_openmp()
     if args.resume and not args.out:
         raise UserError("--resume needs --out RUN_DIR: the folder of the run to continue")
     cfg = resolve_config(args)

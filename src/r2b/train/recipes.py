@@ -14,8 +14,8 @@ QUICK_YAML = """\
 # The quick Real-to-Binary run: `r2b train` with no arguments.
 # The four steps of METHOD.md section 5 (real teacher -> fp -> ban -> bnn) at CPU scale: a
 # CIFAR-stem ResNet-18 family at width 0.25 on the embedded CIFAR-10 subset (5,000 train /
-# 1,000 test images), 4-8 epochs per stage: about 400 s of one CPU core in all (so at most
-# about 7 minutes on 2 cores, less when both are free).
+# 1,000 test images), 3-8 epochs per stage: about 5 minutes on 2 free CPU cores (measured:
+# 7.5 minutes with the 2 cores shared with other jobs, load ~4.5).
 # Differences from the paper's CIFAR recipe, all for the short schedule: few epochs, cosine
 # decay instead of steps, no rotation/mix-up, short warm-up.
 name: quick
@@ -35,19 +35,19 @@ stages:
   - name: fp               # step 1: tanh activations, real weights, gate
     model: {name: r2b_resnet18, stage: fp}
     teacher: teacher
-    epochs: 5
+    epochs: 4
     loss: {ce: 1.0, kd: 3.0, att: 3.0, att_form: paper}
   - name: ban              # step 2: binary activations, real weights
     model: {name: r2b_resnet18, stage: ban}
     teacher: fp
     init_from: fp
-    epochs: 5
+    epochs: 4
     loss: {ce: 1.0, kd: 3.0, att: 3.0, att_form: paper}
   - name: bnn              # step 3: binary activations and weights
     model: {name: r2b_resnet18, stage: bnn}
     teacher: ban
     init_from: ban
-    epochs: 4
+    epochs: 3
     loss: {ce: 1.0, kd: 0.8}
     optim: {lr: 4.0e-4, weight_decay: 0.0, clip_weights: 1.0}
     schedule: {warmup_epochs: 0}

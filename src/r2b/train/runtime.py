@@ -103,7 +103,8 @@ def describe(fabric: Fabric) -> str:
     if dev.type == "cuda":
         where = torch.cuda.get_device_name(dev)
     else:
-        where = f"{dev.type} ({torch.get_num_threads()} threads)"
+        policy = os.environ.get("OMP_WAIT_POLICY", "default").lower()
+        where = f"{dev.type} ({torch.get_num_threads()} threads, OpenMP wait {policy})"
     procs = fabric.world_size
     nodes = getattr(fabric, "num_nodes", 1)
     extra = f", {nodes} nodes" if nodes > 1 else ""

@@ -91,10 +91,13 @@ class BinaryConv2d(nn.Conv2d):
         w, alpha = self.quantized_weight(), self.weight_alpha()
         if self._q_input is not None:
             x = self._q_input(x)
-        y = F.conv2d(x, w, self.bias, self.stride, self.padding)
-        if border:
-            image = _border_image(w, x.shape[-2:], self.padding, border)
-            y = y + F.conv2d(image, w.sum(dim=1, keepdim=True), None, self.stride)
+        if border:  # see BinaryConvFunction: shift so that the padding becomes zero
+            x = x - border
+            bias = border * w.sum(dim=(1, 2, 3))
+            bias = bias if self.bias is None else bias + self.bias
+        else:
+            bias = self.bias
+        y = F.conv2d(x, w, bias, self.stride, self.padding)
         return y if alpha is None else y * alpha.view(1, -1, 1, 1)
 
     def extra_repr(self) -> str:
@@ -103,9 +106,6 @@ class BinaryConv2d(nn.Conv2d):
             f"weight_quantizer={self.weight_quantizer}, pad_value={self.pad_value}, "
             f"weight_scale={self.weight_scale}"
         )
-
-
-_BORDERS: dict[tuple, torch.Tensor] = {}
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -118,110 +118,96 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def _border_image(
-    like: torch.Tensor, in_size: tuple[int, int], padding: tuple[int, int], value: float
-) -> torch.Tensor:
-    """A ``(1, 1, H + 2 ph, W + 2 pw)`` image: ``value`` on the padding, ``0`` inside (cached;
-    never written to)."""
-    (h, w), (ph, pw) = in_size, padding
-    key = (h, w, ph, pw, value, like.dtype, like.device)
-    if key not in _BORDERS:
-        border = like.new_full((1, 1, h + 2 * ph, w + 2 * pw), value)
-        border[:, :, ph : ph + h, pw : pw + w] = 0.0
-        _BORDERS[key] = border
-    return _BORDERS[key]
-
-
 class BinaryConvFunction(torch.autograd.Function):
     """One autograd node for a binary convolution:
-    ``y = conv(pad(q_a(x), value), q_w(W)) * alpha`` (no bias).
+    ``y = conv(pad(q_a(x), v), q_w(W)) * alpha`` (no bias).
 
-    Arguments after ``x, W``: ``stride``, ``padding``, ``border`` (the pad value of the quantized
+    Arguments after ``x, W``: ``stride``, ``padding``, ``v`` (the pad value of the quantized
     input; 0 pads with zeros), ``rule`` (``"ste_sign"``/``"approx_sign"``: sign ``x`` here with
     that gradient; None: ``x`` is used as given) and ``mode``: ``"real"`` weights, ``"sign"``, or
     ``"sign_alpha"``, which multiplies output channel ``o`` by ``alpha_o = mean|W_o|``.
 
-    Padding: ``conv(pad(q, value), W) = conv(pad(q, 0), W) + conv(border, taps)``, where
-    ``taps = sum_c W[:, c]`` and ``border`` is 1 image holding ``value`` on the padding and 0
-    inside (``_border_image``): the taps that fall on the padding see ``value`` whatever the input
-    is. So the big convolution pads with zeros,
-    which convolution kernels (oneDNN) skip -- a 3x3 conv of a 1x1 map touches only its centre
-    tap -- while an explicitly padded input costs every tap: binary convs were 1.5-3x slower than
-    float ones on 4x4 to 1x1 maps. With sign inputs and weights both terms are exact integers and
-    the sum equals the explicitly padded convolution bit for bit; with real weights it equals it
-    up to float rounding. ``alpha`` multiplies that sum in place: the same rounding as
-    ``u * alpha``, which the packed engine reproduces.
+    Padding by a shift: ``conv(pad(q, v), W) = conv(pad(q - v, 0), W) + v sum(W_o)``, since
+    every output pixel sees all taps, and ``q - v`` is 0 exactly where the padding is. So the
+    convolution pads with zeros, which convolution kernels (oneDNN) skip -- a 3x3 conv of a 1x1
+    map touches only its centre tap -- while an explicitly padded input costs every tap (binary
+    convs were 1.5-3x slower than float ones on 4x4 to 1x1 maps); ``v sum(W_o)`` is the conv's
+    bias, added in its epilogue; and ``q - v = 2 [x >= 0] - 1 - v`` costs what the sign costs.
+    With sign inputs and weights everything is an exact integer, so ``y`` equals the explicitly
+    padded convolution bit for bit; with real weights it equals it up to float rounding.
+    ``alpha`` then multiplies in place: the same rounding as ``u * alpha``, which the packed
+    engine reproduces.
 
     Backward, with ``u = y / alpha`` (recovered from ``y``; kept only if some ``alpha_o = 0``) and
     ``G = dL/dy``: ``dL/du = alpha G``, applied to whichever is smaller, the gradient or the
     weights (``conv_T(alpha G, s) = conv_T(G, alpha s)``); ``dL/dalpha_o = sum G u``. ATen's
-    convolution backward gives fresh ``dL/dq_a`` and ``dL/dq_w`` buffers, and everything else is
-    written into them: the STE of ``x``; for ``W`` the border term (``dL/dtaps`` broadcast over
-    channels), the STE mask (only when some ``|W| > 1``, see ``weight_signs``) and, with
-    ``s = sign(W)`` and ``n`` weights per output channel, ``s * dL/dalpha / n``
-    (``d|W|/dW = sign(W)``, with the forward's ``sign(0) = +1`` as the subgradient at 0, where
-    autograd's ``abs`` uses 0). No weight-sized temporaries: the weight side of a ResNet-18 is
-    11 M values, and on CPU each fresh buffer costs about as much as the arithmetic.
+    convolution backward gives fresh ``dL/dq_a``, ``dL/dq_w`` and ``dL/dbias`` buffers, and
+    everything else is written into them: the STE of ``x``; for ``W``: ``v dL/dbias`` broadcast
+    over the weights of each output channel, the STE mask (only when some ``|W| > 1``, see
+    ``weight_signs``) and, with ``s = sign(W)`` and ``n`` weights per output channel,
+    ``s * dL/dalpha / n`` (``d|W|/dW = sign(W)``, with the forward's ``sign(0) = +1`` as the
+    subgradient at 0, where autograd's ``abs`` uses 0). No weight-sized temporaries: the weight
+    side of a ResNet-18 is 11 M values, and on CPU each fresh buffer costs about as much as the
+    arithmetic.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, stride, padding, border, rule, mode):
+    def forward(ctx, x, weight, stride, padding, v, rule, mode):
         dtype = compute_dtype(x)
-        xq = (_sign(x) if rule is not None else x).to(dtype)
+        if rule is not None:
+            xq = _sign(x, shift=v)
+        else:
+            xq = x - v if v else x
         if mode == "real":
             wq, alpha, masked, nonzero = weight, None, False, False
         else:
             wq, alpha, masked, nonzero = weight_signs(weight, with_alpha=mode == "sign_alpha")
-        wq = wq.to(dtype)
-        y = F.conv2d(xq, wq, None, stride, padding)
-        image = taps = None
-        if border:
-            image = _border_image(wq, x.shape[-2:], padding, border)
-            taps = wq.sum(dim=1, keepdim=True)
-            y.add_(F.conv2d(image, taps, None, stride))
+        bias = (v * wq.sum(dim=(1, 2, 3))).to(dtype) if v else None
+        xq, wq = xq.to(dtype), wq.to(dtype)
+        y = F.conv2d(xq, wq, bias, stride, padding)
         unscaled = None
         if alpha is not None:
             a = alpha.view(1, -1, 1, 1)
             if nonzero:  # no alpha_o is 0: u = y / alpha is recoverable, no second buffer
                 y.mul_(a)
             else:
-                unscaled, y = y, y * a
-        ctx.save_for_backward(x, xq, weight, wq, image, taps, alpha, y, unscaled)
-        ctx.config = (stride, padding, rule, masked)
+                unscaled, y = y, (y * a).to(y.dtype)
+        ctx.save_for_backward(x, xq, weight, wq, alpha, y, unscaled)
+        ctx.config = (stride, padding, v, rule, masked)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, xq, weight, wq, image, taps, alpha, y, unscaled = ctx.saved_tensors
-        stride, padding, rule, masked = ctx.config
+        x, xq, weight, wq, alpha, y, unscaled = ctx.saved_tensors
+        stride, padding, v, rule, masked = ctx.config
         need_x, need_w = ctx.needs_input_grad[:2]
         grad_y = grad_y.to(xq.dtype)  # under autocast the incoming gradient may be float32
         w_eff, scale_grad_w = wq, None
         if alpha is not None:
             a = alpha.view(-1, 1, 1, 1)
             if need_w:  # dL/dalpha_o = sum_nhw dL/dy * u
+                dims = (0, 2, 3)
                 if unscaled is None:
-                    grad_alpha = (grad_y * y).sum(dim=(0, 2, 3)) / alpha
+                    grad_alpha = (grad_y * y).sum(dim=dims, dtype=alpha.dtype) / alpha
                 else:
-                    grad_alpha = (grad_y * unscaled).sum(dim=(0, 2, 3))
+                    grad_alpha = (grad_y * unscaled).sum(dim=dims, dtype=alpha.dtype)
             # d/du = alpha dL/dy: scale the smaller of the weights and the gradient
             if wq.numel() <= grad_y.numel():
                 w_eff, scale_grad_w = (wq * a).to(wq.dtype), a
             else:
                 grad_y = (grad_y * a.view(1, -1, 1, 1)).to(xq.dtype)
-        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-            grad_y, xq, w_eff, None, stride, padding, (1, 1), False, (0, 0), 1,
-            [need_x, need_w, False],
+        grad_x, grad_w, grad_bias = torch.ops.aten.convolution_backward(
+            grad_y, xq, w_eff, [wq.shape[0]] if v else None, stride, padding, (1, 1), False,
+            (0, 0), 1, [need_x, need_w, need_w and bool(v)],
         )  # fmt: skip
-        if need_x and rule is not None:
-            grad_x = SIGN_GRADIENTS_INPLACE[rule](grad_x, x)
+        if need_x:
+            grad_x = grad_x.to(x.dtype)
+            if rule is not None:
+                grad_x = SIGN_GRADIENTS_INPLACE[rule](grad_x, x)
         if need_w:
-            if image is not None:
-                _, grad_taps, _ = torch.ops.aten.convolution_backward(
-                    grad_y.sum(dim=0, keepdim=True), image, taps, None, stride, (0, 0), (1, 1),
-                    False, (0, 0), 1, [False, True, False],
-                )  # fmt: skip
-                grad_w.add_(grad_taps)
+            grad_w = grad_w.to(weight.dtype)
+            if v:
+                grad_w.add_(grad_bias.view(-1, 1, 1, 1), alpha=v)
             if scale_grad_w is not None:
                 grad_w.mul_(scale_grad_w)
             if masked:

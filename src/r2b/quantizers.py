@@ -38,15 +38,16 @@ Quantizer = Callable[[torch.Tensor], torch.Tensor]
 _BOUNDS: dict[torch.dtype, float] = {}
 
 
-def _sign(x: torch.Tensor) -> torch.Tensor:
-    """Binary sign with sign(0) = sign(-0.0) = +1, in the dtype of ``x``.
+def _sign(x: torch.Tensor, shift: float = 0.0) -> torch.Tensor:
+    """Binary sign with sign(0) = sign(-0.0) = +1, in the dtype of ``x``, minus ``shift``.
 
-    ``b = (x >= 0)`` written as 0/1 in ``x``'s dtype, then ``-1 + 2 b b`` in place: one buffer,
-    two vectorised kernels (``torch.where`` would be a scalar loop on CPU).
+    ``b = (x >= 0)`` written as 0/1 in ``x``'s dtype, then ``2 b b - 1 - shift`` in place: one
+    buffer, two vectorised kernels (``torch.where`` would be a scalar loop on CPU). Exact: the
+    values are small integers (or ``+-1 - shift``) whatever ``shift`` is.
     """
     out = torch.empty_like(x)
     torch.ge(x, 0, out=out)
-    return torch.addcmul(out.new_full((), -1.0), out, out, value=2, out=out)
+    return torch.addcmul(out.new_full((), -1.0 - shift), out, out, value=2, out=out)
 
 
 def _ste_bound(dtype: torch.dtype) -> float:

@@ -111,6 +111,31 @@ def test_serial_and_threaded_kernels_agree():
         assert np.array_equal(out, expected), launch
 
 
+def test_threaded_half_block_equals_serial():
+    """The fused kernel (conv, epilogue, next BN + pack) gives the same bits on 1, 2, 3 threads."""
+    model = _randomise(create_model("r2b_resnet18", num_classes=5, stem="cifar", width=0.25))
+    packed = to_packed(model)
+    x = torch.randn(3, 16, 32, 32)
+    first, second = packed.halves[0], packed.halves[1]
+    xp, y = first.prepare(x)
+    gain, shortcut = first.float_parts(x, y)
+    address = kernels.worker_address("half_block")
+    par, tid = openmp_entry_points()
+    results = []
+    for launch in [(0, 0, address, 1, 0), (par, tid, address, 2, 0), (par, tid, address, 3, 0)]:
+        out = np.zeros((3, 16, 32, 32), np.float32)
+        xp2 = second.conv.packed_buffer(3, 32, 32)
+        y2 = np.zeros_like(out)
+        kernels.half_block(first._static(second), xp, gain.numpy(), shortcut.numpy(), out, xp2,
+                           y2, launch)  # fmt: skip
+        results.append((out, xp2, y2))
+    with torch.no_grad():
+        expected = model.blocks[0].half1(x)
+    for out, xp2, y2 in results:
+        assert np.array_equal(out, expected.numpy())
+        assert np.array_equal(xp2, results[0][1]) and np.array_equal(y2, results[0][2])
+
+
 def test_kernels_use_pytorchs_openmp_runtime():
     if "OpenMP" not in torch.__config__.parallel_info():
         pytest.skip("this PyTorch does not run on OpenMP")

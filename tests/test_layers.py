@@ -176,8 +176,9 @@ def test_prelu_matches_torch():
     assert isinstance(module, nn.PReLU) and torch.equal(module(x), F.prelu(x, module.weight))
 
 
-def test_fused_conv_with_an_all_zero_output_channel():
-    # alpha_0 = 0: the output of channel 0 is 0 and its alpha gradient needs the kept unscaled sum
+@pytest.mark.parametrize("size", [4, 1])  # alpha's gradient on the weight / the output side
+def test_fused_conv_with_an_all_zero_output_channel(size):
+    # alpha_0 = 0: the output of channel 0 is 0 and its alpha gradient needs the unscaled sum
     torch.manual_seed(7)
     conv = BinaryConv2d(
         3, 2, 3, 1, 1, input_quantizer="ste_sign", weight_quantizer="ste_sign", weight_scale=True
@@ -185,7 +186,7 @@ def test_fused_conv_with_an_all_zero_output_channel():
     with torch.no_grad():
         conv.weight.uniform_(-1.0, 1.0)
         conv.weight[0] = 0.0
-    x = torch.randn(2, 3, 4, 4)
+    x = torch.randn(2, 3, size, size)
     w_ref = conv.weight.detach().clone().requires_grad_()
     y, y_ref = conv(x), _reference_conv(x, w_ref, "ste_sign", "ste_sign", True, 1.0, 1)
     assert torch.equal(y, y_ref) and not y[:, 0].any()

@@ -138,9 +138,11 @@ class BinaryConvFunction(torch.autograd.Function):
     ``alpha`` then multiplies in place: the same rounding as ``u * alpha``, which the packed
     engine reproduces.
 
-    Backward, with ``u = y / alpha`` (recovered from ``y``; kept only if some ``alpha_o = 0``) and
-    ``G = dL/dy``: ``dL/du = alpha G``, applied to whichever is smaller, the gradient or the
-    weights (``conv_T(alpha G, s) = conv_T(G, alpha s)``); ``dL/dalpha_o = sum G u``. ATen's
+    Backward, with ``u = y / alpha`` and ``G = dL/dy``: ``dL/du = alpha G`` and
+    ``dL/dalpha_o = sum_nhw G u``, both on the weight side when the weights are the smaller tensor
+    (``conv_T(alpha G, s) = conv_T(G, alpha s)``; ``sum_nhw G u = sum_ck (sum_nhw G q) s +
+    bias_o sum_nhw G``, from the weight and bias gradients of the convolution), else on the
+    output side (``u`` recovered from ``y``; kept only if some ``alpha_o = 0``). ATen's
     convolution backward gives fresh ``dL/dq_a``, ``dL/dq_w`` and ``dL/dbias`` buffers, and
     everything else is written into them: the STE of ``x``; for ``W``: ``v dL/dbias`` broadcast
     over the weights of each output channel, the STE mask (only when some ``|W| > 1``, see
@@ -165,36 +167,36 @@ class BinaryConvFunction(torch.autograd.Function):
         bias = (v * wq.sum(dim=(1, 2, 3))).to(dtype) if v else None
         xq, wq = xq.to(dtype), wq.to(dtype)
         y = F.conv2d(xq, wq, bias, stride, padding)
-        unscaled = None
+        # alpha's backward works on the weights or on the output, whichever is smaller
+        on_weights = wq.numel() <= y.numel()
+        kept = None
         if alpha is not None:
             a = alpha.view(1, -1, 1, 1)
-            if nonzero:  # no alpha_o is 0: u = y / alpha is recoverable, no second buffer
-                y.mul_(a)
-            else:
-                unscaled, y = y, (y * a).to(y.dtype)
-        ctx.save_for_backward(x, xq, weight, wq, alpha, y, unscaled)
-        ctx.config = (stride, padding, v, rule, masked)
+            if on_weights or nonzero:
+                kept = None if on_weights else y
+                y.mul_(a)  # on the output side, u = y / alpha: no second buffer
+            else:  # some alpha_o is 0: keep u
+                kept, y = y, (y * a).to(y.dtype)
+        ctx.save_for_backward(x, xq, weight, wq, alpha, bias, kept)
+        ctx.config = (stride, padding, v, rule, masked, on_weights, nonzero)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, xq, weight, wq, alpha, y, unscaled = ctx.saved_tensors
-        stride, padding, v, rule, masked = ctx.config
+        x, xq, weight, wq, alpha, bias, kept = ctx.saved_tensors
+        stride, padding, v, rule, masked, on_weights, nonzero = ctx.config
         need_x, need_w = ctx.needs_input_grad[:2]
         grad_y = grad_y.to(xq.dtype)  # under autocast the incoming gradient may be float32
-        w_eff, scale_grad_w = wq, None
+        w_eff = wq
         if alpha is not None:
             a = alpha.view(-1, 1, 1, 1)
-            if need_w:  # dL/dalpha_o = sum_nhw dL/dy * u
-                dims = (0, 2, 3)
-                if unscaled is None:
-                    grad_alpha = (grad_y * y).sum(dim=dims, dtype=alpha.dtype) / alpha
-                else:
-                    grad_alpha = (grad_y * unscaled).sum(dim=dims, dtype=alpha.dtype)
-            # d/du = alpha dL/dy: scale the smaller of the weights and the gradient
-            if wq.numel() <= grad_y.numel():
-                w_eff, scale_grad_w = (wq * a).to(wq.dtype), a
+            if on_weights:  # conv_T(alpha G, s) = conv_T(G, alpha s)
+                w_eff = (wq * a).to(wq.dtype)
             else:
+                if need_w:  # dL/dalpha_o = sum_nhw G u
+                    grad_alpha = (grad_y * kept).sum(dim=(0, 2, 3), dtype=alpha.dtype)
+                    if nonzero:  # kept is y = u alpha
+                        grad_alpha = grad_alpha / alpha
                 grad_y = (grad_y * a.view(1, -1, 1, 1)).to(xq.dtype)
         grad_x, grad_w, grad_bias = torch.ops.aten.convolution_backward(
             grad_y, xq, w_eff, [wq.shape[0]] if v else None, stride, padding, (1, 1), False,
@@ -206,10 +208,15 @@ class BinaryConvFunction(torch.autograd.Function):
                 grad_x = SIGN_GRADIENTS_INPLACE[rule](grad_x, x)
         if need_w:
             grad_w = grad_w.to(weight.dtype)
+            if alpha is not None and on_weights:
+                # grad_w = sum G q so far: sum_nhw G u = sum_k grad_w s + bias * sum_nhw G
+                grad_alpha = (grad_w * wq).sum(dim=(1, 2, 3), dtype=alpha.dtype)
+                if v:
+                    grad_alpha += bias * grad_bias
             if v:
                 grad_w.add_(grad_bias.view(-1, 1, 1, 1), alpha=v)
-            if scale_grad_w is not None:
-                grad_w.mul_(scale_grad_w)
+            if alpha is not None and on_weights:
+                grad_w.mul_(a)
             if masked:
                 grad_w = ste_grad_(grad_w, weight)
             if alpha is not None:

@@ -13,7 +13,10 @@ of the ratio within a round (paired: robust to drifts of the machine's load).
 
 "float" is the same architecture with no quantizers (identity activations, real weights, zero
 padding); "fp", "ban", "bnn" are the training steps of METHOD.md section 2; "teacher" is the real
-ResNet-18 of the same stem and width. ``--adam fused`` uses PyTorch's fused CPU Adam (one kernel
+ResNet-18 of the same stem and width. OpenMP threads sleep when idle (``OMP_WAIT_POLICY=PASSIVE``,
+as ``r2b train`` runs on CPU; with OpenMP's default busy-waiting, 2 threads on cores shared with
+other programs ran 3-5x slower than 1 here); ``--omp-wait-policy active`` measures the default.
+``--adam fused`` uses PyTorch's fused CPU Adam (one kernel
 per tensor instead of about ten). ``--compile`` wraps every model in ``torch.compile`` and
 reports the compile time (the first steps) separately; ``--channels-last`` converts models and
 batch to the channels-last memory format.
@@ -28,6 +31,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 
 import torch
@@ -155,11 +159,24 @@ def main(argv=None) -> dict:
         choices=("default", "foreach", "fused"),
         help="torch.optim.Adam implementation (default: PyTorch's choice, a loop on CPU)",
     )
+    p.add_argument(
+        "--omp-wait-policy",
+        default="passive",
+        choices=("passive", "active", "inherit"),
+        help="OpenMP idle threads sleep (passive, as `r2b train` runs on CPU) or spin (active, "
+        "OpenMP's default); inherit keeps the environment. Set by re-running the script.",
+    )
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile every model")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--md", default=None, help="also write a Markdown table to this file")
     args = p.parse_args(argv)
+    policy = args.omp_wait_policy
+    if policy != "inherit" and os.environ.get("OMP_WAIT_POLICY", "").lower() != policy:
+        # the OpenMP runtime read the policy when torch was imported: run again with it set
+        os.environ["OMP_WAIT_POLICY"] = policy.upper()
+        sys.stdout.flush()
+        os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]])
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     load_before = " ".join(f"{v:.2f}" for v in os.getloadavg())

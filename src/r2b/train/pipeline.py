@@ -221,11 +221,25 @@ def _write_report(run_dir: Path, log) -> None:
 
 
 def _first_images(ds, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` images (uint8 batch) and labels of a dataset."""
-    n = min(n, len(ds))
+    """``n`` images (uint8 batch) and labels of a dataset: the first image of each of the first
+    ``n`` classes in the order they appear (test splits are often sorted by class)."""
+    targets = torch.as_tensor(ds.targets).cpu()
+    picked, seen = [], set()
+    for i, t in enumerate(targets.tolist()):
+        if t not in seen:
+            seen.add(t)
+            picked.append(i)
+            if len(picked) == n:
+                break
+    chosen = set(picked)
+    for i in range(len(ds)):  # fewer classes than n: fill up with further images
+        if len(picked) >= min(n, len(ds)):
+            break
+        if i not in chosen:
+            picked.append(i)
     if getattr(ds, "in_memory", False):
-        return ds[torch.arange(n)]
-    items = [ds[i] for i in range(n)]
+        return ds[torch.tensor(picked)]
+    items = [ds[i] for i in picked]
     return torch.stack([im for im, _ in items]), torch.tensor([y for _, y in items])
 
 

@@ -40,9 +40,15 @@ def main() -> None:
         "--omp-wait-policy", default="passive", choices=["passive", "active", "inherit"],
         help="OMP_WAIT_POLICY for both networks (set before PyTorch loads OpenMP)",
     )  # fmt: skip
+    parser.add_argument(
+        "--omp-dynamic", default="true", choices=["true", "false", "inherit"],
+        help="OMP_DYNAMIC for both networks (set before PyTorch loads OpenMP)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.omp_wait_policy != "inherit":
         os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
+    if args.omp_dynamic != "inherit":
+        os.environ["OMP_DYNAMIC"] = args.omp_dynamic.upper()
     import torch
 
     from r2b.models import create_model
@@ -71,6 +77,8 @@ def main() -> None:
     record = {
         "machine": machine(), "threads": args.threads, "peak": peak, "results": results,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
+        "omp_dynamic": os.environ.get("OMP_DYNAMIC", "(default)"),
+        "load_average_15min": os.getloadavg()[2],
     }  # fmt: skip
     (out / f"packed_{args.tag}.json").write_text(json.dumps(record, indent=1, default=float))
     (out / f"packed_{args.tag}.md").write_text(markdown(record))
@@ -83,7 +91,9 @@ def markdown(record: dict) -> str:
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['popcount_isa']}; torch {m['torch']}; "
         f"{record['threads']} threads for both networks, OMP_WAIT_POLICY="
-        f"{record.get('omp_wait_policy', '(default)')}; medians of alternating runs.",
+        f"{record.get('omp_wait_policy', '(default)')}, OMP_DYNAMIC="
+        f"{record.get('omp_dynamic', '(default)')} (15-minute load average "
+        f"{record.get('load_average_15min', float('nan')):.1f}); medians of alternating runs.",
         "",
         "| model | input | batch | packed ms | float ms | speedup | vs channels-last float |"
         " binary convs G bMAC/s | load avg |",

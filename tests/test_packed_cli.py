@@ -8,6 +8,9 @@ from r2b.cli import main
 from r2b.models import create_model
 from r2b.packed import load
 
+#: keep the test session's OpenMP settings (no re-run of the command)
+INHERIT = ["--omp-wait-policy", "inherit", "--omp-dynamic", "inherit"]
+
 
 def test_export_from_a_model_name_then_bench_json(tmp_path, capsys):
     out = tmp_path / "tiny.r2b"
@@ -17,7 +20,7 @@ def test_export_from_a_model_name_then_bench_json(tmp_path, capsys):
     assert "logits identical" in capsys.readouterr().out
     assert load(out).arch["width"] == 0.125
     assert main(["bench", str(out), "--runs", "2", "--warmup", "1", "--threads", "1",
-                 "--omp-wait-policy", "inherit", "--json"]) == 0  # fmt: skip
+                 *INHERIT, "--json"]) == 0  # fmt: skip
     result = json.loads(capsys.readouterr().out)
     assert result["packed_ms"] > 0 and result["float_ms"] > 0
     assert abs(result["speedup"] - result["float_ms"] / result["packed_ms"]) < 1e-9
@@ -27,7 +30,7 @@ def test_export_from_a_model_name_then_bench_json(tmp_path, capsys):
 
 def test_bench_text_report(capsys):
     args = ["bench", "sb_resnet18", "--stem", "cifar", "--num-classes", "10", "--input-size",
-            "16", "--runs", "2", "--warmup", "1", "--omp-wait-policy", "inherit"]  # fmt: skip
+            "16", "--runs", "2", "--warmup", "1", *INHERIT]  # fmt: skip
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "speedup" in text and "G bMAC/s" in text
@@ -52,11 +55,11 @@ def test_export_of_a_checkpoint_and_refusal_of_a_real_stage(tmp_path, capsys):
 
 
 def test_bench_of_a_missing_or_damaged_file(tmp_path, capsys):
-    assert main(["bench", str(tmp_path / "none.r2b"), "--omp-wait-policy", "inherit"]) == 2
+    assert main(["bench", str(tmp_path / "none.r2b"), *INHERIT]) == 2
     assert "neither a .r2b file nor a model name" in capsys.readouterr().err
     bad = tmp_path / "bad.r2b"
     bad.write_bytes(b"R2BPACK\0garbage")
-    assert main(["bench", str(bad), "--omp-wait-policy", "inherit"]) == 2
+    assert main(["bench", str(bad), *INHERIT]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: packed model") and err.count("\n") == 1
 
@@ -67,10 +70,11 @@ def test_bench_reruns_itself_with_the_wait_policy(tmp_path):
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_DYNAMIC")}
     cmd = [sys.executable, "-m", "r2b.cli", "bench", "sb_resnet18", "--stem", "cifar",
            "--num-classes", "10", "--input-size", "8", "--runs", "1", "--warmup", "0",
            "--no-profile", "--json"]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["omp_wait_policy"] == "PASSIVE"
+    result = json.loads(done.stdout)
+    assert result["omp_wait_policy"] == "PASSIVE" and result["omp_dynamic"] == "TRUE"

@@ -126,10 +126,10 @@ def benchmark(
     }
 
 
-def _load_average() -> float | None:
-    """The 1-minute load average (other programs sharing the cores), where the OS reports it."""
+def _load_average(which: int = 0) -> float | None:
+    """The 1-minute (``which=0``) or 15-minute (``2``) load average, where the OS reports it."""
     try:
-        return os.getloadavg()[0]
+        return os.getloadavg()[which]
     except (AttributeError, OSError):
         return None
 
@@ -244,12 +244,13 @@ def format_report(result: dict, prof: dict | None, peak: dict | None) -> str:
     m = result["machine"]
     arch = result["model"]
     policy = result.get("omp_wait_policy", os.environ.get("OMP_WAIT_POLICY", "(default)"))
+    dynamic = result.get("omp_dynamic", os.environ.get("OMP_DYNAMIC", "(default)"))
     lines = [
         f"model     {arch.get('name')} stem={arch.get('stem', 'imagenet')} "
         f"width={arch.get('width', 1.0)}, input {result['batch']}x3x{result['input_size']}"
         f"x{result['input_size']}, {result['threads']} threads, medians of {result['runs']}",
         f"machine   {m['cpu']}, {m['cores']} cores, {m['popcount_isa']}, torch {m['torch']}, "
-        f"OMP_WAIT_POLICY={policy}",
+        f"OMP_WAIT_POLICY={policy}, OMP_DYNAMIC={dynamic}",
         f"packed    {result['packed_ms']:8.2f} ms",
         f"float     {result['float_ms']:8.2f} ms   (PyTorch ResNet-18, NCHW)   "
         f"speedup {result['speedup']:.2f}x",
@@ -260,6 +261,10 @@ def format_report(result: dict, prof: dict | None, peak: dict | None) -> str:
     if load:
         lines.append(f"load      1-minute load average {min(load):.1f} .. {max(load):.1f} "
                      f"(runnable programs; above 0 means others shared the cores)")  # fmt: skip
+    if str(dynamic).lower() == "true":
+        lines.append(f"          with OMP_DYNAMIC the OpenMP runtime uses up to "
+                     f"{result['threads']} threads, fewer while the 15-minute load average "
+                     f"({_load_average(2) or 0:.1f}) leaves no idle core")  # fmt: skip
     if prof:
         lines += [
             "",

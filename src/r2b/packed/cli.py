@@ -56,9 +56,15 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-profile", action="store_true", help="skip the per-layer profile")
     p.add_argument(
         "--omp-wait-policy", choices=["passive", "active", "inherit"], default="passive",
-        help="OpenMP wait policy for both networks (default passive: idle threads sleep, which "
-        "keeps timings stable when other programs share the cores; inherit: leave the "
-        "environment as it is). Applied by re-running the command with OMP_WAIT_POLICY set.",
+        help="OMP_WAIT_POLICY for both networks (default passive: idle threads sleep instead of "
+        "spinning, which keeps timings stable when other programs share the cores; inherit: "
+        "leave the environment as it is)",
+    )  # fmt: skip
+    p.add_argument(
+        "--omp-dynamic", choices=["true", "false", "inherit"], default="true",
+        help="OMP_DYNAMIC for both networks (default true: the OpenMP runtime may run a "
+        "parallel region on fewer threads while the 15-minute load average says the cores are "
+        "busy; on an idle machine it changes nothing)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_bench)
@@ -128,10 +134,11 @@ def run_bench(args: argparse.Namespace) -> int:
         raise UserError("--threads must be at least 1")
     if args.runs < 1 or args.batch < 1:
         raise UserError("--runs and --batch must be at least 1")
-    policy = args.omp_wait_policy
-    if policy != "inherit" and os.environ.get("OMP_WAIT_POLICY", "").lower() != policy:
-        # the OpenMP runtime reads its wait policy once, when PyTorch loads it: run anew
-        env = dict(os.environ, OMP_WAIT_POLICY=policy.upper())
+    wanted = {"OMP_WAIT_POLICY": args.omp_wait_policy, "OMP_DYNAMIC": args.omp_dynamic}
+    wanted = {k: v.upper() for k, v in wanted.items() if v != "inherit"}
+    if any(os.environ.get(k, "").upper() != v for k, v in wanted.items()):
+        # the OpenMP runtime reads these once, when PyTorch loads it: run the command anew
+        env = dict(os.environ, **wanted)
         return subprocess.run([sys.executable, "-m", "r2b.cli", *_bench_argv(args)],
                               env=env).returncode  # fmt: skip
     packed = load_for_bench(args.model, args.stem, args.num_classes)
@@ -145,6 +152,7 @@ def run_bench(args: argparse.Namespace) -> int:
         result["profile"] = prof
         result["peak_gbmacs_per_s"] = peak
     result["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "(default)")
+    result["omp_dynamic"] = os.environ.get("OMP_DYNAMIC", "(default)")
     if args.json:
         print(json.dumps(result, default=float))
     else:
@@ -159,7 +167,7 @@ def _bench_argv(args: argparse.Namespace) -> list[str]:
         value = getattr(args, flag)
         if value is not None:
             argv += [f"--{flag.replace('_', '-')}", str(value)]
-    argv += ["--omp-wait-policy", "inherit"]
+    argv += ["--omp-wait-policy", "inherit", "--omp-dynamic", "inherit"]
     argv += ["--no-profile"] if args.no_profile else []
     argv += ["--json"] if args.json else []
     return argv

@@ -76,6 +76,11 @@ class BinaryConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._q_input is None and self._q_weight is None:
+            if self.bias is None and x.dim() == 4 and _one_pixel(x, self.weight, self.stride,
+                                                               self.padding):  # fmt: skip
+                return BinaryConvFunction.apply(
+                    x, self.weight, self.stride, self.padding, 0.0, None, "real"
+                )
             return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
         border = self.pad_value if self._q_input is not None and any(self.padding) else 0.0
         if self.bias is None and self.weight_quantizer in (None, "ste_sign"):
@@ -106,6 +111,60 @@ class BinaryConv2d(nn.Conv2d):
             f"weight_quantizer={self.weight_quantizer}, pad_value={self.pad_value}, "
             f"weight_scale={self.weight_scale}"
         )
+
+
+def _one_pixel(x: torch.Tensor, w: torch.Tensor, stride, padding) -> tuple[int, int] | None:
+    """``(a, b)`` when a convolution of ``x`` has a 1x1 output: it reads input rows ``[0, a)`` and
+    columns ``[0, b)`` with kernel rows ``[ph, ph + a)`` and columns ``[pw, pw + b)``; else None.
+    """
+    (h, wd), (kh, kw) = x.shape[-2:], w.shape[-2:]
+    (sh, sw), (ph, pw) = stride, padding
+    if (h + 2 * ph - kh) // sh != 0 or (wd + 2 * pw - kw) // sw != 0:
+        return None
+    return min(kh - ph, h), min(kw - pw, wd)
+
+
+def _conv(xq, wq, bias, stride, padding, one_pixel):
+    """``conv2d`` (zero padding); with a 1x1 output, one GEMM over the taps it reads.
+
+    oneDNN computes a 3x3 convolution of a 1x1 map (ResNet-18's last stage at 32x32 input) for all
+    9 taps in its backward pass -- 8 of them on padding -- and was 4-8x slower than the GEMM of the
+    centre tap; with sign inputs and weights both are exact integer sums.
+    """
+    if one_pixel is None:
+        return F.conv2d(xq, wq, bias, stride, padding)
+    (a, b), (ph, pw) = one_pixel, padding
+    x2 = xq[:, :, :a, :b].reshape(xq.shape[0], -1)
+    w2 = wq[:, :, ph : ph + a, pw : pw + b].reshape(wq.shape[0], -1)
+    y = x2 @ w2.t() if bias is None else torch.addmm(bias, x2, w2.t())
+    return y.view(*y.shape, 1, 1)
+
+
+def _conv_backward(grad_y, xq, wq, with_bias, stride, padding, one_pixel, mask):
+    """``(dL/dxq, dL/dwq, dL/dbias)`` of ``_conv`` (None where ``mask`` says not needed)."""
+    if one_pixel is None:
+        return torch.ops.aten.convolution_backward(
+            grad_y, xq, wq, [wq.shape[0]] if with_bias else None, stride, padding, (1, 1),
+            False, (0, 0), 1, mask,
+        )  # fmt: skip
+    (a, b), (ph, pw) = one_pixel, padding
+    g = grad_y.reshape(grad_y.shape[0], -1)
+    grad_x = grad_w = grad_bias = None
+    if mask[0]:
+        w2 = wq[:, :, ph : ph + a, pw : pw + b].reshape(wq.shape[0], -1)
+        gx = (g @ w2).view(xq.shape[0], xq.shape[1], a, b)
+        if (a, b) == tuple(xq.shape[-2:]):
+            grad_x = gx
+        else:
+            grad_x = xq.new_zeros(xq.shape)
+            grad_x[:, :, :a, :b] = gx
+    if mask[1]:
+        x2 = xq[:, :, :a, :b].reshape(xq.shape[0], -1)
+        grad_w = wq.new_zeros(wq.shape)
+        grad_w[:, :, ph : ph + a, pw : pw + b] = (g.t() @ x2).view(wq.shape[0], -1, a, b)
+    if mask[2]:
+        grad_bias = g.sum(dim=0)
+    return grad_x, grad_w, grad_bias
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -166,7 +225,8 @@ class BinaryConvFunction(torch.autograd.Function):
             wq, alpha, masked, nonzero = weight_signs(weight, with_alpha=mode == "sign_alpha")
         bias = (v * wq.sum(dim=(1, 2, 3))).to(dtype) if v else None
         xq, wq = xq.to(dtype), wq.to(dtype)
-        y = F.conv2d(xq, wq, bias, stride, padding)
+        one_pixel = _one_pixel(xq, wq, stride, padding)
+        y = _conv(xq, wq, bias, stride, padding, one_pixel)
         # alpha's backward works on the weights or on the output, whichever is smaller
         on_weights = wq.numel() <= y.numel()
         kept = None
@@ -178,13 +238,13 @@ class BinaryConvFunction(torch.autograd.Function):
             else:  # some alpha_o is 0: keep u
                 kept, y = y, (y * a).to(y.dtype)
         ctx.save_for_backward(x, xq, weight, wq, alpha, bias, kept)
-        ctx.config = (stride, padding, v, rule, masked, on_weights, nonzero)
+        ctx.config = (stride, padding, v, rule, masked, on_weights, nonzero, one_pixel)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         x, xq, weight, wq, alpha, bias, kept = ctx.saved_tensors
-        stride, padding, v, rule, masked, on_weights, nonzero = ctx.config
+        stride, padding, v, rule, masked, on_weights, nonzero, one_pixel = ctx.config
         need_x, need_w = ctx.needs_input_grad[:2]
         grad_y = grad_y.to(xq.dtype)  # under autocast the incoming gradient may be float32
         w_eff = wq
@@ -198,10 +258,16 @@ class BinaryConvFunction(torch.autograd.Function):
                     if nonzero:  # kept is y = u alpha
                         grad_alpha = grad_alpha / alpha
                 grad_y = (grad_y * a.view(1, -1, 1, 1)).to(xq.dtype)
-        grad_x, grad_w, grad_bias = torch.ops.aten.convolution_backward(
-            grad_y, xq, w_eff, [wq.shape[0]] if v else None, stride, padding, (1, 1), False,
-            (0, 0), 1, [need_x, need_w, need_w and bool(v)],
-        )  # fmt: skip
+        grad_x, grad_w, grad_bias = _conv_backward(
+            grad_y,
+            xq,
+            w_eff,
+            bool(v),
+            stride,
+            padding,
+            one_pixel,
+            [need_x, need_w, need_w and bool(v)],
+        )
         if need_x:
             grad_x = grad_x.to(x.dtype)
             if rule is not None:

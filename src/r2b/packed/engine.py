@@ -43,6 +43,8 @@ class PackedResNet(nn.Module):
         return [h.conv for h in self.halves]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            raise UserError("the packed engine runs on the CPU; pass a CPU tensor (x.cpu())")
         with torch.inference_mode():
             x = self.stem(x.to(torch.float32).contiguous())
             halves = list(self.halves)

@@ -199,3 +199,32 @@ def test_fused_conv_with_an_all_zero_output_channel(size):
     u = F.conv2d(F.pad(_sign(x), (1, 1, 1, 1), value=1.0), _sign(w_ref.detach()))
     grad_alpha0 = (g[:, 0] * u[:, 0]).sum()
     assert torch.allclose(conv.weight.grad[0], w_ref.grad[0] + grad_alpha0 / 27, atol=1e-4)
+
+
+@pytest.mark.parametrize("iq, wq, scale", [
+    ("ste_sign", "ste_sign", True), ("ste_sign", "ste_sign", False), ("ste_sign", None, False),
+    (None, None, False),
+])  # fmt: skip
+@pytest.mark.parametrize("size, stride", [(1, 1), (2, 2)])
+def test_one_pixel_outputs_match_the_composed_reference(iq, wq, scale, size, stride):
+    """A 1x1 output runs as a GEMM over the taps it reads (clipped weights: no STE mask)."""
+    torch.manual_seed(8)
+    conv = BinaryConv2d(
+        6, 40, 3, stride, 1, input_quantizer=iq, weight_quantizer=wq, weight_scale=scale
+    )
+    with torch.no_grad():
+        conv.weight.uniform_(-1.0, 1.0)
+    x = (torch.randn(3, 6, size, size) * 1.5).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    w_ref = conv.weight.detach().clone().requires_grad_()
+    y, y_ref = conv(x), _reference_conv(x_ref, w_ref, iq, wq, scale, 1.0, stride)
+    assert y.shape == (3, 40, 1, 1)
+    if iq and wq:
+        assert torch.equal(y, y_ref)
+    else:
+        assert torch.allclose(y, y_ref, atol=1e-5)
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_ref.backward(g)
+    assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
+    assert torch.allclose(conv.weight.grad, w_ref.grad, atol=1e-4)

@@ -167,6 +167,24 @@ def _conv_backward(grad_y, xq, wq, with_bias, stride, padding, one_pixel, mask):
     return grad_x, grad_w, grad_bias
 
 
+def _one_pixel_weight_grad(grad_y, xq, wq, padding, one_pixel, shift, per_weight, dtype):
+    """``dL/dW = shift_o + s * per_weight_o`` everywhere (either may be None), plus ``G^T x`` on
+    the taps a 1x1-output convolution reads: one weight-sized pass instead of three."""
+    (a, b), (ph, pw) = one_pixel, padding
+    rows = (-1, 1, 1, 1)
+    if per_weight is not None:
+        base = torch.zeros((), dtype=dtype) if shift is None else shift.to(dtype).view(rows)
+        grad_w = torch.addcmul(base, wq.to(dtype), per_weight.to(dtype).view(rows))
+    elif shift is not None:
+        grad_w = shift.to(dtype).view(rows).expand(wq.shape).clone()
+    else:
+        grad_w = torch.zeros(wq.shape, dtype=dtype, device=wq.device)
+    g = grad_y.reshape(grad_y.shape[0], -1)
+    x2 = xq[:, :, :a, :b].reshape(xq.shape[0], -1)
+    grad_w[:, :, ph : ph + a, pw : pw + b] += (g.t() @ x2).view(wq.shape[0], -1, a, b).to(dtype)
+    return grad_w
+
+
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype a convolution of ``x`` runs in: autocast's (e.g. bfloat16) where autocast is on
     for ``x``'s device, else ``x``'s own. Custom autograd functions cast to it explicitly, since
@@ -258,21 +276,27 @@ class BinaryConvFunction(torch.autograd.Function):
                     if nonzero:  # kept is y = u alpha
                         grad_alpha = grad_alpha / alpha
                 grad_y = (grad_y * a.view(1, -1, 1, 1)).to(xq.dtype)
+        # 1x1 output, no mask, alpha on the output side: dL/dW is a per-row term everywhere plus
+        # the GEMM's gradient on the taps read; built in one pass (see _one_pixel_weight_grad)
+        compact = need_w and one_pixel is not None and not masked
+        compact = compact and not (alpha is not None and on_weights)
         grad_x, grad_w, grad_bias = _conv_backward(
-            grad_y,
-            xq,
-            w_eff,
-            bool(v),
-            stride,
-            padding,
-            one_pixel,
-            [need_x, need_w, need_w and bool(v)],
-        )
+            grad_y, xq, w_eff, bool(v), stride, padding, one_pixel,
+            [need_x, need_w and not compact, need_w and bool(v)],
+        )  # fmt: skip
         if need_x:
             grad_x = grad_x.to(x.dtype)
             if rule is not None:
                 grad_x = SIGN_GRADIENTS_INPLACE[rule](grad_x, x)
-        if need_w:
+        if compact:
+            per_weight = None
+            if alpha is not None:
+                per_weight = grad_alpha / (weight.numel() // weight.shape[0])
+            shift = v * grad_bias if v else None
+            grad_w = _one_pixel_weight_grad(
+                grad_y, xq, wq, padding, one_pixel, shift, per_weight, weight.dtype
+            )
+        elif need_w:
             grad_w = grad_w.to(weight.dtype)
             if alpha is not None and on_weights:
                 # grad_w = sum G q so far: sum_nhw G u = sum_k grad_w s + bias * sum_nhw G

@@ -14,8 +14,8 @@ QUICK_YAML = """\
 # The quick Real-to-Binary run: `r2b train` with no arguments.
 # The four steps of METHOD.md section 5 (real teacher -> fp -> ban -> bnn) at CPU scale: a
 # CIFAR-stem ResNet-18 family at width 0.25 on the embedded CIFAR-10 subset (5,000 train /
-# 1,000 test images), 3-8 epochs per stage: about 400 CPU-seconds in all (measured on 2 cores
-# shared with 3-4 other jobs: 10.5 min wall; on 2 free cores about 4-5 min).
+# 1,000 test images), 3-8 epochs per stage: about 390 CPU-seconds in all. Measured on 2 cores:
+# 6.2 min wall while one other job shared them, 8.7 min with three or four others.
 # Differences from the paper's CIFAR recipe, all for the short schedule: few epochs, cosine
 # decay instead of steps, no rotation/mix-up, short warm-up.
 name: quick

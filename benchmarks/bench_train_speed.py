@@ -13,13 +13,13 @@ of the ratio within a round (paired: robust to drifts of the machine's load).
 
 "float" is the same architecture with no quantizers (identity activations, real weights, zero
 padding); "fp", "ban", "bnn" are the training steps of METHOD.md section 2; "teacher" is the real
-ResNet-18 of the same stem and width. OpenMP threads sleep when idle (``OMP_WAIT_POLICY=PASSIVE``,
-as ``r2b train`` runs on CPU; with OpenMP's default busy-waiting, 2 threads on cores shared with
-other programs ran 3-5x slower than 1 here); ``--omp-wait-policy active`` measures the default.
-``--adam fused`` uses PyTorch's fused CPU Adam (one kernel
-per tensor instead of about ten). ``--compile`` wraps every model in ``torch.compile`` and
-reports the compile time (the first steps) separately; ``--channels-last`` converts models and
-batch to the channels-last memory format.
+ResNet-18 of the same stem and width. The OpenMP wait policy is set explicitly (``active`` by
+default: idle threads spin; ``passive``: they sleep and take tens of microseconds to wake for each
+parallel op, which cost 30-45% of the step on an idle machine here; left unset, libgomp's
+spin-then-sleep default made 2-thread steps 10-50x slower on these shared cores).
+``--adam fused`` uses PyTorch's fused CPU Adam (one kernel per tensor instead of about ten).
+``--compile`` wraps every model in ``torch.compile`` and reports the compile time (the first
+steps) separately; ``--channels-last`` converts models and batch to channels-last.
 """
 
 from __future__ import annotations
@@ -161,10 +161,11 @@ def main(argv=None) -> dict:
     )
     p.add_argument(
         "--omp-wait-policy",
-        default="passive",
-        choices=("passive", "active", "inherit"),
-        help="OpenMP idle threads sleep (passive, as `r2b train` runs on CPU) or spin (active, "
-        "OpenMP's default); inherit keeps the environment. Set by re-running the script.",
+        default="active",
+        choices=("active", "passive", "inherit"),
+        help="OpenMP idle threads spin (active) or sleep (passive); inherit keeps the environment "
+        "(unset, libgomp's default spin-then-sleep was 10-50x slower on shared cores here). Set "
+        "by re-running the script.",
     )
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile every model")

@@ -1,6 +1,7 @@
 """Op counts against the paper's Table 1 and larq's summary (METHOD.md section 2)."""
 
 import json
+from dataclasses import asdict
 
 import pytest
 
@@ -58,3 +59,14 @@ def test_cli_table_and_errors(capsys):
     assert "blocks.0.half1.conv" in out and "BOPs" in out
     assert main(["summary", "no_such_model"]) == 2
     assert "neither a model name" in capsys.readouterr().err
+
+
+def test_cli_summary_of_a_checkpoint(tmp_path, capsys):
+    from r2b.train.checkpoint import save_weights
+
+    model = create_model("sb_resnet18", stem="cifar", width=0.25, num_classes=10, stage="bnn")
+    path = tmp_path / "w.safetensors"
+    save_weights(path, model)
+    assert main(["summary", str(path), "--input-size", "32", "--json"]) == 0
+    totals = json.loads(capsys.readouterr().out)
+    assert totals == asdict(summarize(model, 32).totals)

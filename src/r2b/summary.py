@@ -190,14 +190,12 @@ def _model_from_args(args) -> tuple[nn.Module, int]:
                 raise UserError("resnet18 is real-valued and has no --stage; drop the option")
             kwargs["stage"] = args.stage
         return create_model(args.model, **kwargs), args.input_size
-    try:
-        from r2b.train.checkpoint import load_model
-    except ImportError:
-        load_model = None
     from pathlib import Path
 
-    if load_model is not None and Path(args.model).exists():
-        return load_model(args.model), args.input_size
+    if Path(args.model).is_file():
+        from r2b.train.checkpoint import load_model
+
+        return load_model(args.model)[0], args.input_size
     raise UserError(
         f"{args.model!r} is neither a model name ({', '.join(list_models())}) nor a checkpoint file"
     )

@@ -1,7 +1,9 @@
 """Binary layers: the binary convolution, the learned output scale and the data-driven gate.
 
 A binary layer is the float layer plus quantizer arguments; with no quantizers it *is* the float
-layer (DESIGN.md habit 2).
+layer (DESIGN.md habit 2) -- except that a convolution with a 1x1 output and no bias runs as one
+GEMM over the taps it reads (``_conv``), equal to ``nn.Conv2d`` up to float rounding, and so does
+the same net's float baseline.
 """
 
 from __future__ import annotations

@@ -73,10 +73,11 @@ def build_optimizer(stage: StageConfig, model: nn.Module) -> torch.optim.Optimiz
     """Adam (default), AdamW or SGD (Nesterov) over all parameters, with the stage's decay."""
     o = stage.optim
     params = [p for p in model.parameters() if p.requires_grad]
-    if o.name == "adam":
-        return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-    if o.name == "adamw":
-        return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    if o.name in ("adam", "adamw"):
+        # fused: one kernel per step instead of ~10 small ops per tensor (CPU: 20 -> 7 ms a step
+        # for ResNet-18's 11 M parameters, benchmarks/results/train_speed_imagenet32_fused_adam)
+        cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+        return cls(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=True)
     return torch.optim.SGD(
         params, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0, weight_decay=o.weight_decay
     )

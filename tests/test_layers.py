@@ -122,6 +122,24 @@ CASES = [
 ]
 
 
+def _check_against_reference(conv, x, reference_args, exact, w_atol):
+    """``conv(x)`` equals ``_reference_conv`` (bit for bit if ``exact``), and so do the gradients
+    of ``x`` and of the weights; returns ``conv(x)``."""
+    x_ref = x.detach().clone().requires_grad_()
+    w_ref = conv.weight.detach().clone().requires_grad_()
+    y, y_ref = conv(x), _reference_conv(x_ref, w_ref, *reference_args)
+    if exact:
+        assert torch.equal(y, y_ref)
+    else:
+        assert torch.allclose(y, y_ref, atol=1e-5)
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_ref.backward(g)
+    assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
+    assert torch.allclose(conv.weight.grad, w_ref.grad, atol=w_atol)
+    return y
+
+
 @pytest.mark.parametrize("iq, wq, scale, pad_value, stride, size", CASES)
 def test_fused_conv_matches_the_composed_reference(iq, wq, scale, pad_value, stride, size):
     torch.manual_seed(3)
@@ -132,18 +150,8 @@ def test_fused_conv_matches_the_composed_reference(iq, wq, scale, pad_value, str
     with torch.no_grad():
         conv.weight.uniform_(-1.3, 1.3)  # some |W| > 1: the STE mask path
     x = (torch.randn(3, 5, size, size) * 1.5).requires_grad_()
-    x_ref = x.detach().clone().requires_grad_()
-    w_ref = conv.weight.detach().clone().requires_grad_()
-    y, y_ref = conv(x), _reference_conv(x_ref, w_ref, iq, wq, scale, pad_value, stride)
-    if iq != "tanh" and wq:
-        assert torch.equal(y, y_ref)  # binary: bit for bit
-    else:
-        assert torch.allclose(y, y_ref, atol=1e-5)
-    g = torch.randn_like(y)
-    y.backward(g)
-    y_ref.backward(g)
-    assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
-    assert torch.allclose(conv.weight.grad, w_ref.grad, atol=1e-5)
+    exact = iq != "tanh" and wq  # binary: bit for bit
+    _check_against_reference(conv, x, (iq, wq, scale, pad_value, stride), exact, w_atol=1e-5)
 
 
 def test_fused_conv_skips_the_mask_when_weights_are_clipped():
@@ -215,16 +223,5 @@ def test_one_pixel_outputs_match_the_composed_reference(iq, wq, scale, size, str
     with torch.no_grad():
         conv.weight.uniform_(-1.0, 1.0)
     x = (torch.randn(3, 6, size, size) * 1.5).requires_grad_()
-    x_ref = x.detach().clone().requires_grad_()
-    w_ref = conv.weight.detach().clone().requires_grad_()
-    y, y_ref = conv(x), _reference_conv(x_ref, w_ref, iq, wq, scale, 1.0, stride)
+    y = _check_against_reference(conv, x, (iq, wq, scale, 1.0, stride), iq and wq, w_atol=1e-4)
     assert y.shape == (3, 40, 1, 1)
-    if iq and wq:
-        assert torch.equal(y, y_ref)
-    else:
-        assert torch.allclose(y, y_ref, atol=1e-5)
-    g = torch.randn_like(y)
-    y.backward(g)
-    y_ref.backward(g)
-    assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
-    assert torch.allclose(conv.weight.grad, w_ref.grad, atol=1e-4)

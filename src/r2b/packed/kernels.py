@@ -517,9 +517,9 @@ def bn_pack(x, mode, bn_a, bn_b, pad, xp, write_y, y, launch):
 
 
 @njit(cache=True)
-def _conv_int_task(task, xp, wt, geo, out):
-    k_total, kh, kw, stride, group = geo[1], geo[2], geo[3], geo[4], geo[5]
-    n_out_ch, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
+def _task_mismatches(task, xp, wt, kh, kw, stride, group, out_h, out_w):
+    """The mismatch counts of one task: image ``n``, output rows ``oh0 .. oh1``, channel task
+    ``tb`` = weight blocks ``blk0 .. blk0 + n_blk``; ``rows`` is (channels, pixels)."""
     per_task = TASK_O // TILE_O
     n_task_o = (wt.shape[0] + per_task - 1) // per_task
     n_groups = (out_h + group - 1) // group
@@ -529,6 +529,16 @@ def _conv_int_task(task, xp, wt, geo, out):
     npix = (oh1 - oh0) * out_w
     rows = np.empty((n_blk * TILE_O, npix), np.int32)
     _mismatch_rows(xp, wt, n, oh0, oh1, blk0, n_blk, kh, kw, stride, out_w, rows)
+    return n, tb, oh0, oh1, blk0, n_blk, npix, rows
+
+
+@njit(cache=True)
+def _conv_int_task(task, xp, wt, geo, out):
+    k_total, kh, kw, stride, group = geo[1], geo[2], geo[3], geo[4], geo[5]
+    n_out_ch, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
+    n, tb, oh0, oh1, blk0, n_blk, npix, rows = _task_mismatches(
+        task, xp, wt, kh, kw, stride, group, out_h, out_w
+    )
     o0 = blk0 * TILE_O
     for o in range(min(n_blk * TILE_O, n_out_ch - o0)):
         dst = out[n, o0 + o].reshape(out_h * out_w)[oh0 * out_w : oh1 * out_w]
@@ -583,15 +593,9 @@ def _half_task(task, xp, wt, geo, alpha, gain, slope, shortcut, out, nxt, bn_a, 
     k_total, kh, kw, stride, group = geo[1], geo[2], geo[3], geo[4], geo[5]
     fuse, mode, pad2, write_y = nxt[0], nxt[1], nxt[2], nxt[3]
     n_out_ch, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
-    per_task = TASK_O // TILE_O
-    n_task_o = (wt.shape[0] + per_task - 1) // per_task
-    n_groups = (out_h + group - 1) // group
-    n, tb, oh0, oh1 = _task_block(task, n_task_o, n_groups, group, out_h, out_w)
-    blk0 = tb * per_task
-    n_blk = min(per_task, wt.shape[0] - blk0)
-    npix = (oh1 - oh0) * out_w
-    rows = np.empty((n_blk * TILE_O, npix), np.int32)
-    _mismatch_rows(xp, wt, n, oh0, oh1, blk0, n_blk, kh, kw, stride, out_w, rows)
+    n, tb, oh0, oh1, blk0, n_blk, npix, rows = _task_mismatches(
+        task, xp, wt, kh, kw, stride, group, out_h, out_w
+    )
     bits = np.zeros(npix, np.uint64)
     o0 = blk0 * TILE_O
     for o in range(min(n_blk * TILE_O, n_out_ch - o0)):

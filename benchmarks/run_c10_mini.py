@@ -122,6 +122,12 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
+def _training_seconds(result: dict) -> list[float]:
+    """Each seed's training time: the sum of its stages' seconds."""
+    stages = [s for row in result["rows"] for s in row["stages"]]
+    return [sum(s["seconds"][i] for s in stages) for i in range(len(result["seeds"]))]
+
+
 def markdown(result: dict) -> str:
     """The results table: every stage's top-1, the final stage's gap to the real net."""
     real = _mean(result["rows"][0]["stages"][0]["top1"])
@@ -147,6 +153,12 @@ def markdown(result: dict) -> str:
     by_row = {r["row"]: _mean(r["stages"][-1]["top1"]) for r in result["rows"]}
     gap = by_row["Real-to-Bin"] - by_row["strong baseline (SB)"]
     lines += ["", f"Real-to-Bin bnn − strong baseline bnn: **{gap:+.2f}** points of top-1."]
+    hours = [h / 3600 for h in _training_seconds(result)]
+    lines.append(
+        "Training time per seed (sum of its stages, seeds side by side): "
+        + ", ".join(f"{h:.2f} h" for h in hours)
+        + f" on {result['device']}."
+    )
     return "\n".join(lines) + "\n"
 
 

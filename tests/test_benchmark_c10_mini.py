@@ -1,0 +1,83 @@
+"""Issue 4's CPU-scale benchmark: its config encodes the paper's Table 3 rows, and its table
+computes means, spreads and gaps from the runs' results.json files."""
+
+import json
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+from r2b.train.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+if not (BENCH / "run_c10_mini.py").is_file():
+    pytest.skip("no benchmarks/ folder next to the tests", allow_module_level=True)
+sys.path.insert(0, str(BENCH))
+import run_c10_mini  # noqa: E402
+
+
+def test_pipeline_has_every_row_of_the_table_in_order():
+    cfg = load_config(run_c10_mini.CONFIG, ["data.root=/nonexistent"])
+    names = [s.name for s in cfg.stages]
+    for _, stages, _ in run_c10_mini.ROWS:
+        assert all(name in names for name in stages)
+        assert [names.index(n) for n in stages] == sorted(names.index(n) for n in stages)
+    assert {s.model.stem for s in cfg.stages} == {"cifar"}
+    assert {s.model.width for s in cfg.stages} == {0.25}
+    assert len({s.epochs for s in cfg.stages}) == 1, "every stage gets the same epochs"
+
+
+def test_rows_follow_the_paper_recipes():
+    cfg = load_config(run_c10_mini.CONFIG, ["data.root=/nonexistent"])
+    stage = cfg.stage
+    # the strong baseline is trained without any teacher; ban initialises bnn
+    assert stage("sb_ban").teacher is None and stage("sb_bnn").teacher is None
+    assert stage("sb_bnn").init_from == "sb_ban"
+    # progressive teacher-student: every step is taught by, and starts from, the one before
+    for prev, step in (("r2b_fp", "r2b_ban"), ("r2b_ban", "r2b_bnn"), ("pts_fp", "pts_ban")):
+        assert stage(step).teacher == prev and stage(step).init_from == prev
+    assert stage("r2b_fp").model.name == "r2b_resnet18"
+    assert stage("pts_fp").model.name == "sb_resnet18"
+    for name in ("akd_ban", "pts_fp", "r2b_fp", "r2b_ban"):
+        assert stage(name).loss.att > 0 and stage(name).loss.kd > 0
+    for name in ("sb_bnn", "akd_bnn", "pts_bnn", "r2b_bnn"):
+        s = stage(name)
+        assert s.model.stage == "bnn" and s.loss.att == 0 and s.optim.weight_decay == 0
+
+
+def _write_runs(runs: Path, top1: dict[int, dict[str, float]]) -> None:
+    for seed, accs in top1.items():
+        stages = [
+            {"name": name, "variant": _variant(name), "top1": acc, "top5": 99.0,
+             "best_top1": acc, "seconds": 100.0}
+            for name, acc in accs.items()
+        ]  # fmt: skip
+        (runs / f"seed{seed}").mkdir(parents=True)
+        (runs / f"seed{seed}" / "results.json").write_text(
+            json.dumps({"device": "cpu", "stages": stages})
+        )
+
+
+def _variant(name: str) -> str:
+    return "real" if name == "teacher" else name.rsplit("_", 1)[1]
+
+
+def test_table_reports_mean_spread_and_gaps(tmp_path):
+    stages = [n for _, row, _ in run_c10_mini.ROWS for n in row]
+    seed0 = {n: 50.0 for n in stages} | {"teacher": 70.0, "sb_bnn": 55.0, "r2b_bnn": 60.0}
+    seed1 = {n: 50.0 for n in stages} | {"teacher": 72.0, "sb_bnn": 57.0, "r2b_bnn": 64.0}
+    _write_runs(tmp_path, {0: seed0, 1: seed1})
+    args = Namespace(runs=tmp_path, seeds=[0, 1], command="python benchmarks/run_c10_mini.py")
+    result = run_c10_mini.collect(args)
+    sb = next(r for r in result["rows"] if r["row"] == "strong baseline (SB)")
+    assert sb["stages"][-1]["top1"] == [55.0, 57.0]
+    table = run_c10_mini.markdown(result)
+    assert "| 71.00 ± 1.00 (real) |" in table
+    assert "| 56.00 ± 1.00 | -15.00 |" in table  # SB bnn and its gap to the real net
+    assert "| 62.00 ± 2.00 | -9.00 |" in table  # Real-to-Bin bnn
+    assert "**+6.00** points" in table
+    assert "0.31 h, 0.31 h" in table  # 11 stages x 100 s per seed
+    run_c10_mini.plot(result, tmp_path / "c10_mini.png")
+    assert (tmp_path / "c10_mini.png").stat().st_size > 10_000

@@ -225,3 +225,48 @@ def test_one_pixel_outputs_match_the_composed_reference(iq, wq, scale, size, str
     x = (torch.randn(3, 6, size, size) * 1.5).requires_grad_()
     y = _check_against_reference(conv, x, (iq, wq, scale, 1.0, stride), iq and wq, w_atol=1e-4)
     assert y.shape == (3, 40, 1, 1)
+
+
+def _bnn_conv(seed: int) -> BinaryConv2d:
+    torch.manual_seed(seed)
+    return BinaryConv2d(
+        4, 6, 3, 1, 1, input_quantizer="ste_sign", weight_quantizer="ste_sign", weight_scale=True
+    )
+
+
+def test_sign_buffer_is_reused_and_follows_every_weight_update():
+    conv = _bnn_conv(5)
+    opt = torch.optim.SGD(conv.parameters(), lr=0.5)
+    x = torch.randn(2, 4, 6, 6)
+    buffers = set()
+    for _ in range(3):
+        x_step = x.clone().requires_grad_()
+        args = ("ste_sign", "ste_sign", True, 1.0, 1)
+        _check_against_reference(conv, x_step, args, exact=True, w_atol=1e-5)
+        buffers.add(conv._signs.value[0].data_ptr())
+        assert torch.equal(conv._signs.value[0], _sign(conv.weight.detach()))
+        opt.step()  # large steps: signs flip between iterations
+        opt.zero_grad()
+        with torch.no_grad():
+            conv.weight.clamp_(-1, 1)
+    assert len(buffers) == 1
+
+
+def test_two_forwards_before_one_backward_match_two_fresh_layers():
+    conv, twin = _bnn_conv(6), _bnn_conv(6)
+    x1, x2 = torch.randn(2, 4, 5, 5), torch.randn(2, 4, 5, 5)
+    (conv(x1).square().sum() + conv(x2).sum()).backward()
+    twin(x1).square().sum().backward()
+    twin._signs = type(twin._signs)()  # no cache between the twin's two graphs
+    twin(x2).sum().backward()
+    assert torch.allclose(conv.weight.grad, twin.weight.grad, atol=1e-5)
+
+
+def test_inference_mode_then_training_step():
+    conv = _bnn_conv(7)
+    x = torch.randn(2, 4, 5, 5)
+    with torch.inference_mode():
+        y_inf = conv(x)
+    y = conv(x)
+    y.sum().backward()
+    assert torch.equal(y.detach(), y_inf) and conv.weight.grad is not None

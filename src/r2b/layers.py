@@ -15,6 +15,7 @@ from torch import nn
 from r2b.quantizers import (
     SIGN_GRADIENTS,
     SIGN_GRADIENTS_INPLACE,
+    WeightSignCache,
     _sign,
     get_quantizer,
     is_binary,
@@ -60,6 +61,7 @@ class BinaryConv2d(nn.Conv2d):
         self.weight_scale = bool(weight_scale and weight_quantizer is not None)
         self._q_input = get_quantizer(input_quantizer)
         self._q_weight = get_quantizer(weight_quantizer)
+        self._signs = WeightSignCache()
 
     @property
     def is_binary(self) -> bool:
@@ -92,7 +94,7 @@ class BinaryConv2d(nn.Conv2d):
                 x = self._q_input(x)
             mode = ("sign_alpha" if self.weight_scale else "sign") if self._q_weight else "real"
             return BinaryConvFunction.apply(
-                x, self.weight, self.stride, self.padding, border, rule, mode
+                x, self.weight, self.stride, self.padding, border, rule, mode, self._signs
             )
         # any other quantizer: composed from autograd functions, the same numbers
         w, alpha = self.quantized_weight(), self.weight_alpha()
@@ -204,7 +206,8 @@ class BinaryConvFunction(torch.autograd.Function):
     Arguments after ``x, W``: ``stride``, ``padding``, ``v`` (the pad value of the quantized
     input; 0 pads with zeros), ``rule`` (``"ste_sign"``/``"approx_sign"``: sign ``x`` here with
     that gradient; None: ``x`` is used as given) and ``mode``: ``"real"`` weights, ``"sign"``, or
-    ``"sign_alpha"``, which multiplies output channel ``o`` by ``alpha_o = mean|W_o|``.
+    ``"sign_alpha"``, which multiplies output channel ``o`` by ``alpha_o = mean|W_o|``; ``signs``
+    (optional) is the layer's ``WeightSignCache``, which keeps ``sign(W)`` in one buffer.
 
     Padding by a shift: ``conv(pad(q, v), W) = conv(pad(q - v, 0), W) + v sum(W_o)``, since
     every output pixel sees all taps, and ``q - v`` is 0 exactly where the padding is. So the
@@ -233,7 +236,7 @@ class BinaryConvFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, stride, padding, v, rule, mode):
+    def forward(ctx, x, weight, stride, padding, v, rule, mode, signs=None):
         dtype = compute_dtype(x)
         if rule is not None:
             xq = _sign(x, shift=v)
@@ -242,7 +245,8 @@ class BinaryConvFunction(torch.autograd.Function):
         if mode == "real":
             wq, alpha, masked, nonzero = weight, None, False, False
         else:
-            wq, alpha, masked, nonzero = weight_signs(weight, with_alpha=mode == "sign_alpha")
+            get = signs.get if signs is not None else weight_signs
+            wq, alpha, masked, nonzero = get(weight, mode == "sign_alpha")
         bias = (v * wq.sum(dim=(1, 2, 3))).to(dtype) if v else None
         xq, wq = xq.to(dtype), wq.to(dtype)
         one_pixel = _one_pixel(xq, wq, stride, padding)
@@ -314,7 +318,7 @@ class BinaryConvFunction(torch.autograd.Function):
             if alpha is not None:
                 per_weight = grad_alpha / (weight.numel() // weight.shape[0])
                 grad_w.addcmul_(wq, per_weight.view(-1, 1, 1, 1))
-        return grad_x, grad_w, None, None, None, None, None
+        return grad_x, grad_w, None, None, None, None, None, None
 
 
 class ChannelPReLU(torch.autograd.Function):

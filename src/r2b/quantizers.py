@@ -159,9 +159,9 @@ class WeightSignCache:
         if key == self.key:
             return self.value
         old = self.value[0] if self.value is not None else None
-        reuse = old is not None and old.shape == w.shape and old.dtype == w.dtype
-        reuse = reuse and old.device == w.device and not old.is_inference()
-        self.value = weight_signs(w, with_alpha, out=old if reuse else None)
+        if old is not None and (old.shape, old.dtype, old.device) != key[2:5]:
+            old = None  # the layer's weight changed shape, dtype or device: a new buffer
+        self.value = weight_signs(w, with_alpha, out=old)
         self.key = key
         return self.value
 

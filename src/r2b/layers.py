@@ -401,3 +401,38 @@ class Gate(nn.Module):
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         g = torch.sigmoid(self.fc2(F.relu(self.fc1(y.mean(dim=(2, 3))))))
         return g[:, :, None, None]
+
+
+class LearnedShift(nn.Module):
+    """Learned per-channel shift ``y_c = x_c + b_c`` (initialised to 0).
+
+    Before a sign it is ReActNet's RSign (Liu et al., ECCV 2020, Eq. 1): ``sign(x - alpha_c)``
+    with a learned threshold, written as ``sign(x + b_c)``, ``b = -alpha``.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.shift.view(1, -1, 1, 1)
+
+
+class RPReLU(nn.Module):
+    """ReActNet's RPReLU (Liu et al., ECCV 2020, Eq. 3): a PReLU between two learned shifts,
+
+    ``y_c = PReLU_c(x_c + gamma_c) + zeta_c``  (``gamma = shift_in``, ``zeta = shift_out``),
+
+    computed as three roundings: the add, the PReLU (``v > 0 ? v : a_c v``), the add. Slopes start
+    at 0.25 (PyTorch's PReLU), shifts at 0.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.shift_in = nn.Parameter(torch.zeros(channels))
+        self.weight = nn.Parameter(torch.full((channels,), 0.25))
+        self.shift_out = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = prelu(x + self.shift_in.view(1, -1, 1, 1), self.weight)
+        return v + self.shift_out.view(1, -1, 1, 1)

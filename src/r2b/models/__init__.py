@@ -1,6 +1,8 @@
-"""Models: the real ResNet-18 teacher and the binary ResNet-18 family, through a registry."""
+"""Models: the real ResNet-18 teacher and the binary ResNet-18 families (strong baseline,
+Real-to-Binary, Bi-Real Net, ReActNet), through a registry; ``model.spec()`` describes a binary
+network to the engine and the exporters (``r2b.models.spec``)."""
 
 from r2b.models import resnet as _resnet  # noqa: F401  (registers the builders)
-from r2b.models.registry import create_model, list_models, register_model
+from r2b.models.registry import create_model, is_binary_family, list_models, register_model
 
-__all__ = ["create_model", "list_models", "register_model"]
+__all__ = ["create_model", "is_binary_family", "list_models", "register_model"]

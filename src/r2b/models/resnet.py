@@ -17,11 +17,14 @@ torchvision's ImageNet weights load into the ImageNet-stem model.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from r2b.layers import BinaryConv2d, Gate, LearnedScale, PReLU
+from r2b.layers import BinaryConv2d, Gate, LearnedScale, LearnedShift, PReLU, RPReLU
 from r2b.models.registry import register_model
+from r2b.models.spec import BinaryNetSpec, HalfBlockSpec
 
 STEMS = ("imagenet", "cifar")
 STAGES = ("fp", "ban", "bnn")
@@ -136,22 +139,56 @@ class Downsample(nn.Module):
         return self.bn(self.conv(self.pool(x)))
 
 
+@dataclass(frozen=True)
+class HalfBlockDesign:
+    """Which parts a family's half block has (the computation: ``r2b.models.spec``).
+
+    - ``pre``: what the sign reads: ``"bn"`` BatchNorm of the input, ``"shift"`` a learned
+      per-channel shift (ReActNet's RSign), ``"none"`` the input itself (Bi-Real Net);
+    - ``scaling`` of the conv output: ``"scale"`` learned per channel, ``"gate"`` the data-driven
+      gate fed by ``pre(x)``, ``"none"``;
+    - ``post_bn``: a BatchNorm after the conv (Bi-Real Net, ReActNet);
+    - ``act``: ``"prelu"``, ``"rprelu"`` (ReActNet) or ``"none"``; ``act_after_add``: the
+      activation reads the sum with the shortcut instead of the conv branch alone.
+    """
+
+    pre: str = "bn"
+    scaling: str = "scale"
+    post_bn: bool = False
+    act: str = "prelu"
+    act_after_add: bool = False
+
+    def __post_init__(self) -> None:
+        for field, value, choices in (
+            ("pre", self.pre, ("bn", "shift", "none")),
+            ("scaling", self.scaling, ("scale", "gate", "none")),
+            ("act", self.act, ("prelu", "rprelu", "none")),
+        ):
+            if value not in choices:
+                raise ValueError(f"unknown {field} {value!r}; choose one of {', '.join(choices)}")
+
+
 class HalfBlock(nn.Module):
-    """One binary conv with its BN, scaling, PReLU and shortcut (see the module docstring)."""
+    """One binary conv with the parts its family's ``HalfBlockDesign`` names (``spec`` describes
+    it for the engine and the exporters; ``forward`` computes the same thing)."""
 
     def __init__(
         self,
         c_in: int,
         c_out: int,
         stride: int,
-        scaling: str,
+        design: HalfBlockDesign,
         input_quantizer: str,
         weight_quantizer: str | None,
         weight_scale: bool,
         pad_value: float,
     ) -> None:
         super().__init__()
-        self.bn = nn.BatchNorm2d(c_in)
+        self.act_after_add = design.act_after_add
+        if design.pre == "bn":
+            self.bn = nn.BatchNorm2d(c_in)
+        elif design.pre == "shift":
+            self.shift = LearnedShift(c_in)
         self.conv = BinaryConv2d(
             c_in, c_out, 3, stride, 1,
             input_quantizer=input_quantizer,
@@ -159,22 +196,58 @@ class HalfBlock(nn.Module):
             pad_value=pad_value,
             weight_scale=weight_scale,
         )  # fmt: skip
-        if scaling == "scale":
+        if design.scaling == "scale":
             self.scale = LearnedScale(c_out)
-        elif scaling == "gate":
+        elif design.scaling == "gate":
             self.gate = Gate(c_in, c_out, GATE_REDUCTION)
-        else:
-            raise ValueError(f"unknown scaling {scaling!r}; choose 'scale' or 'gate'")
-        self.act = PReLU(c_out)
+        if design.post_bn:
+            self.post_bn = nn.BatchNorm2d(c_out)
+        if design.act == "prelu":
+            self.act = PReLU(c_out)
+        elif design.act == "rprelu":
+            self.act = RPReLU(c_out)
         self.shortcut = (
             Downsample(c_in, c_out, stride) if (stride != 1 or c_in != c_out) else nn.Identity()
         )
 
+    def _pre(self) -> nn.Module | None:
+        """The module whose output the sign reads (``None``: the input itself)."""
+        for name in ("bn", "shift"):
+            if hasattr(self, name):
+                return getattr(self, name)
+        return None
+
+    def spec(self, name: str) -> HalfBlockSpec:
+        """This block as the engine and the exporters read it (``name``: its module path)."""
+        scale = getattr(self, "scale", None)
+        return HalfBlockSpec(
+            name=name,
+            pre=self._pre(),
+            conv=self.conv,
+            scale=None if scale is None else scale.scale,
+            gate=getattr(self, "gate", None),
+            post=getattr(self, "post_bn", None),
+            act=getattr(self, "act", None),
+            act_after_add=self.act_after_add,
+            shortcut=None if isinstance(self.shortcut, nn.Identity) else self.shortcut,
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.bn(x)
+        pre = self._pre()
+        y = x if pre is None else pre(x)
         c = self.conv(y)
-        c = c * self.gate(y) if hasattr(self, "gate") else self.scale(c)
-        return self.act(c) + self.shortcut(x)
+        if hasattr(self, "gate"):
+            c = c * self.gate(y)
+        elif hasattr(self, "scale"):
+            c = self.scale(c)
+        if hasattr(self, "post_bn"):
+            c = self.post_bn(c)
+        act = getattr(self, "act", None)
+        if act is None:
+            return c + self.shortcut(x)
+        if self.act_after_add:
+            return act(c + self.shortcut(x))
+        return act(c) + self.shortcut(x)
 
 
 class BinaryBasicBlock(nn.Module):
@@ -190,12 +263,15 @@ class BinaryBasicBlock(nn.Module):
 
 
 class BinaryResNet18(nn.Module):
-    """Binary ResNet-18 with double skips: the strong baseline (``scaling="scale"``) or
-    Real-to-Binary (``scaling="gate"``), in the training step ``stage`` (fp, ban or bnn).
+    """Binary ResNet-18 with a shortcut around every binary conv, in the training step ``stage``
+    (fp, ban or bnn); ``design`` names the parts of its half blocks (``HalfBlockDesign``): the
+    strong baseline, Real-to-Binary, Bi-Real Net and ReActNet differ only there and in
+    ``stem_act``.
 
     ``activation_quantizer`` names the sign quantizer ("ste_sign" or "approx_sign"); in ``bnn``
     the weights use ``ste_sign``. ``weight_scale`` multiplies binary convs by mean|W| in ``bnn``.
     ``pad_value`` is the constant that binary convs pad their quantized input with.
+    ``stem_act``: the stem's conv -> BN is followed by a PReLU (True) or nothing.
     """
 
     def __init__(
@@ -204,10 +280,11 @@ class BinaryResNet18(nn.Module):
         stem: str = "imagenet",
         width: float = 1.0,
         stage: str = "bnn",
-        scaling: str = "gate",
+        design: HalfBlockDesign = HalfBlockDesign(),
         activation_quantizer: str = "ste_sign",
         weight_scale: bool = True,
         pad_value: float = 1.0,
+        stem_act: bool = True,
     ) -> None:
         super().__init__()
         _check(stem, stage)
@@ -216,17 +293,9 @@ class BinaryResNet18(nn.Module):
         q_in, q_w = _STAGE_QUANTIZERS[stage]
         q_in = activation_quantizer if q_in == "sign" else q_in
         q_w = "ste_sign" if q_w == "sign" else None
-        stem_layers = [
-            nn.Conv2d(3, widths[0], 7 if stem == "imagenet" else 3,
-                      2 if stem == "imagenet" else 1, 3 if stem == "imagenet" else 1, bias=False),
-            nn.BatchNorm2d(widths[0]),
-            PReLU(widths[0]),
-        ]  # fmt: skip
-        if stem == "imagenet":
-            stem_layers.append(nn.MaxPool2d(3, 2, 1))
-        self.stem = nn.Sequential(*stem_layers)
+        self.stem = _binary_stem(stem, widths[0], stem_act)
         half_kwargs = dict(
-            scaling=scaling, input_quantizer=q_in, weight_quantizer=q_w,
+            design=design, input_quantizer=q_in, weight_quantizer=q_w,
             weight_scale=weight_scale, pad_value=pad_value,
         )  # fmt: skip
         self.blocks = nn.ModuleList(
@@ -247,9 +316,33 @@ class BinaryResNet18(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_features(x)[0]
 
+    def spec(self) -> BinaryNetSpec:
+        """The network as the packed engine, the summary and the exporters read it."""
+        halves = tuple(
+            half.spec(f"blocks.{i}.{part}")
+            for i, block in enumerate(self.blocks)
+            for part, half in (("half1", block.half1), ("half2", block.half2))
+        )
+        return BinaryNetSpec(self.stem, halves, self.pool, self.fc)
+
     def binary_convs(self) -> list[BinaryConv2d]:
         """The 16 binary convolutions in order."""
         return [m for m in self.modules() if isinstance(m, BinaryConv2d)]
+
+
+def _binary_stem(stem: str, channels: int, act: bool) -> nn.Sequential:
+    """Real stem: conv (7x7/2, ImageNet; 3x3/1, CIFAR) -> BN [-> PReLU] [-> max-pool 3x3/2]."""
+    imagenet = stem == "imagenet"
+    layers = [
+        nn.Conv2d(3, channels, 7 if imagenet else 3, 2 if imagenet else 1, 3 if imagenet else 1,
+                  bias=False),
+        nn.BatchNorm2d(channels),
+    ]  # fmt: skip
+    if act:
+        layers.append(PReLU(channels))
+    if imagenet:
+        layers.append(nn.MaxPool2d(3, 2, 1))
+    return nn.Sequential(*layers)
 
 
 def _init_weights(model: nn.Module) -> None:
@@ -265,25 +358,63 @@ def _init_weights(model: nn.Module) -> None:
 # --------------------------------------------------------------------------- registered builders
 
 
-@register_model("resnet18")
+@register_model("resnet18", binary=False)
 def resnet18(num_classes: int = 1000, stem: str = "imagenet", width: float = 1.0) -> ResNet18:
     """Real ResNet-18: the teacher of the first step."""
     return ResNet18(num_classes, stem, width)
 
 
-@register_model("sb_resnet18")
+#: Half-block designs of the binary families (``HalfBlockDesign``).
+STRONG_BASELINE = HalfBlockDesign(pre="bn", scaling="scale", act="prelu")
+REAL_TO_BINARY = HalfBlockDesign(pre="bn", scaling="gate", act="prelu")
+BI_REAL = HalfBlockDesign(pre="none", scaling="none", post_bn=True, act="none")
+REACTNET = HalfBlockDesign(pre="shift", scaling="none", post_bn=True, act="rprelu",
+                           act_after_add=True)  # fmt: skip
+
+
+@register_model("sb_resnet18", binary=True)
 def sb_resnet18(
     num_classes: int = 1000, stem: str = "imagenet", width: float = 1.0, stage: str = "bnn",
     **options,
 ) -> BinaryResNet18:  # fmt: skip
     """Strong baseline: binary ResNet-18, learned per-channel output scale (paper Sec. 4.1)."""
-    return BinaryResNet18(num_classes, stem, width, stage, scaling="scale", **options)
+    return BinaryResNet18(num_classes, stem, width, stage, design=STRONG_BASELINE, **options)
 
 
-@register_model("r2b_resnet18")
+@register_model("r2b_resnet18", binary=True)
 def r2b_resnet18(
     num_classes: int = 1000, stem: str = "imagenet", width: float = 1.0, stage: str = "bnn",
     **options,
 ) -> BinaryResNet18:  # fmt: skip
     """Real-to-Binary: binary ResNet-18 with the data-driven gate (paper Sec. 4.2)."""
-    return BinaryResNet18(num_classes, stem, width, stage, scaling="gate", **options)
+    return BinaryResNet18(num_classes, stem, width, stage, design=REAL_TO_BINARY, **options)
+
+
+@register_model("bireal_resnet18", binary=True)
+def bireal_resnet18(
+    num_classes: int = 1000, stem: str = "imagenet", width: float = 1.0, stage: str = "bnn",
+    activation_quantizer: str = "approx_sign", **options,
+) -> BinaryResNet18:  # fmt: skip
+    """Bi-Real Net 18 (Liu et al., ECCV 2018): ``sign(x) -> binary conv -> BN -> + x`` around
+    every binary conv, the approx-sign gradient (their Eq. 4), magnitude-aware weights
+    ``mean|W| sign(W)`` (their Sec. 3.2; here the mean|W| weight scale), real-valued
+    AvgPool -> 1x1 conv -> BN downsample shortcuts, a conv -> BN [-> max-pool] stem."""
+    return BinaryResNet18(
+        num_classes, stem, width, stage, design=BI_REAL,
+        activation_quantizer=activation_quantizer, stem_act=False, **options,
+    )  # fmt: skip
+
+
+@register_model("reactnet_resnet18", binary=True)
+def reactnet_resnet18(
+    num_classes: int = 1000, stem: str = "imagenet", width: float = 1.0, stage: str = "bnn",
+    activation_quantizer: str = "approx_sign", **options,
+) -> BinaryResNet18:  # fmt: skip
+    """ReActNet's ResNet-18 variant (Liu et al., ECCV 2020; the Bi-Real-based net of their
+    release): Bi-Real's blocks with RSign (``sign(x + b)``, a learned per-channel threshold)
+    before every binary conv and RPReLU after the shortcut add: ``RPReLU(BN(conv(RSign(x))) +
+    shortcut(x))``; approx-sign gradient, mean|W| weight scale."""
+    return BinaryResNet18(
+        num_classes, stem, width, stage, design=REACTNET,
+        activation_quantizer=activation_quantizer, stem_act=False, **options,
+    )  # fmt: skip

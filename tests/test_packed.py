@@ -7,9 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from r2b.errors import UserError
-from r2b.models import create_model
+from r2b.layers import LearnedShift, RPReLU
+from r2b.models import create_model, list_models
 from r2b.packed import kernels, to_packed
-from r2b.packed.batchnorm import probe_bn_mode
+from r2b.packed.batchnorm import apply_bn, probe_affine, probe_bn_mode
 from r2b.packed.bitpack import kernel_layout, pack_bits, pack_weight, unpack_bits, unpack_weight
 from r2b.packed.layers import PackedBinaryConv2d
 from r2b.packed.parallel import launch_info, openmp_entry_points
@@ -35,11 +36,13 @@ def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.running_var.copy_(torch.rand(c, generator=gen) * 1.5 + 0.5)
                 m.weight.copy_(torch.randn(c, generator=gen) * 0.5 + 1.0)
                 m.bias.copy_(torch.randn(c, generator=gen) * 0.5)
-            elif isinstance(m, nn.PReLU):
+            elif isinstance(m, (nn.PReLU, RPReLU)):
                 m.weight.copy_(torch.rand(m.weight.shape, generator=gen) - 0.5)
         for name, p in model.named_parameters():
             if name.endswith("scale.scale"):
                 p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+            elif name.endswith(("shift.shift", "shift_in", "shift_out")):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
     return model.eval()
 
 
@@ -145,21 +148,44 @@ def test_kernels_use_pytorchs_openmp_runtime():
 
 
 def test_bn_probe_reproduces_pytorch_batchnorm():
+    """The probed arithmetic equals PyTorch's BatchNorm bit for bit on inputs other than the
+    probe's (odd sizes, large and tiny values), and its ``a`` is ``weight / sqrt(var + eps)``."""
     bn = _randomise(nn.Sequential(nn.BatchNorm2d(37)))[0]
     mode, a, b = probe_bn_mode(bn)
-    assert mode != kernels.BN_NONE
-    assert a.dtype == np.float32 and a.shape == (37,)
+    assert mode in (kernels.BN_FMA, kernels.BN_MUL_ADD)
+    invstd = 1 / torch.sqrt(bn.running_var + bn.eps)
+    assert np.array_equal(a, (invstd * bn.weight).detach().numpy())
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(3, 37, 9, 11, generator=gen) * torch.logspace(-3, 3, 11)
+    with torch.no_grad():
+        expected = bn(x).numpy()
+    assert np.array_equal(apply_bn(x.numpy(), mode, a, b), expected)
     no_stats = nn.BatchNorm2d(5, track_running_stats=False).eval()
     assert probe_bn_mode(no_stats)[0] == kernels.BN_NONE
 
 
+def test_affine_probe_of_a_learned_shift_and_of_no_module():
+    """RSign's shift ``x + b`` and the identity run in the kernels as ``x * a + b`` exactly."""
+    shift = LearnedShift(19)
+    with torch.no_grad():
+        shift.shift.copy_(torch.randn(19, generator=torch.Generator().manual_seed(0)))
+    x = torch.randn(2, 19, 7, 5, generator=torch.Generator().manual_seed(1)) * 10
+    mode, a, b = probe_affine(shift, 19)
+    assert mode != kernels.BN_NONE and np.array_equal(a, np.ones(19, np.float32))
+    with torch.no_grad():
+        assert np.array_equal(apply_bn(x.numpy(), mode, a, b), shift(x).numpy())
+    mode, a, b = probe_affine(None, 19)
+    assert np.array_equal(apply_bn(x.numpy(), mode, a, b), x.numpy())
+    assert probe_affine(nn.ReLU(), 19)[0] == kernels.BN_NONE  # not an affine it knows
+
+
 # ----------------------------------------------------------------------------- networks
 
+#: Every registered binary family with both stems (a new family is tested without an edit here).
 NETWORKS = [
-    ("sb_resnet18", "cifar", 32, 0.2),
-    ("r2b_resnet18", "cifar", 32, 0.2),
-    ("sb_resnet18", "imagenet", 64, 0.25),
-    ("r2b_resnet18", "imagenet", 64, 0.25),
+    (name, stem, size, width)
+    for name in list_models(binary=True)
+    for stem, size, width in (("cifar", 32, 0.2), ("imagenet", 64, 0.25))
 ]
 
 
@@ -214,6 +240,33 @@ def test_fallback_paths_stay_exact():
     x = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(packed(x), model(x))
+
+
+class _Offset(nn.Module):
+    """A layer kind the compiled epilogue does not know: ``x + 0.5``."""
+
+    def forward(self, x):
+        return x + 0.5
+
+
+@pytest.mark.parametrize("name", list_models(binary=True))
+def test_every_family_is_fused_and_an_unknown_layer_falls_back_exactly(name):
+    """Each registered family runs every half block in the compiled epilogue; a post or an
+    activation the epilogue cannot reproduce runs in PyTorch around the integer conv, still
+    bit for bit."""
+    model = _randomise(create_model(name, num_classes=5, stem="cifar", width=0.125), seed=4)
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    assert all(h.fused for h in to_packed(model).halves)
+    for half in (model.blocks[1].half2, model.blocks[2].half1):
+        if hasattr(half, "post_bn"):
+            half.post_bn = nn.Sequential(half.post_bn, _Offset())
+        else:
+            half.act = _Offset()
+    packed = to_packed(model)
+    assert [h.fused for h in packed.halves].count(False) == 2
+    with torch.no_grad():
+        assert torch.equal(packed(x), model(x))
+        assert torch.equal(model.spec().forward(x), model(x))
 
 
 def test_to_packed_leaves_the_model_alone_and_is_inference_only():

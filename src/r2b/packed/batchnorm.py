@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from r2b.layers import LearnedShift
 from r2b.packed import kernels
 from r2b.packed.kernels import BN_FMA, BN_MUL_ADD, BN_NONE
 from r2b.packed.parallel import launch_info
@@ -55,12 +56,41 @@ def probe_bn_mode(bn: nn.Module) -> tuple[int, np.ndarray, np.ndarray]:
     probe = torch.randn(2, channels, 5, 7, generator=gen)
     scale = bn.running_var.detach().float().sqrt().clamp_min(1e-3).view(1, -1, 1, 1)
     probe = probe * scale * 3 + bn.running_mean.detach().float().view(1, -1, 1, 1)
+    candidates = [(mode, *bn_coefficients(bn, fused)) for mode, fused in (
+        (BN_FMA, True), (BN_FMA, False), (BN_MUL_ADD, False), (BN_MUL_ADD, True))]  # fmt: skip
+    return _first_exact(bn, probe, candidates, identity)
+
+
+def probe_affine(module: nn.Module | None, channels: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """``(mode, a, b)`` with which the kernels compute ``module(x)`` as ``x * a + b`` per channel
+    bit for bit, checked on a probe; ``(BN_NONE, 1, 0)`` when they cannot (the engine then calls
+    the module itself).
+
+    ``module``: ``None`` (the identity: ``x * 1 + 0``, equal to ``x`` up to the sign of a zero,
+    which a sign does not see), an eval-mode ``BatchNorm2d`` (``probe_bn_mode``), or a learned
+    shift ``x + b`` (``r2b.layers.LearnedShift``: ``fma(x, 1, b)`` rounds ``x + b`` once, as
+    the add does).
+    """
+    ones, zeros = np.ones(channels, _F32), np.zeros(channels, _F32)
+    if module is None:
+        return BN_MUL_ADD, ones, zeros
+    if isinstance(module, nn.BatchNorm2d):
+        return probe_bn_mode(module)
+    if not isinstance(module, LearnedShift) or module.shift.shape != (channels,):
+        return BN_NONE, ones, zeros
+    shift = module.shift
+    probe = torch.randn(2, channels, 5, 7, generator=torch.Generator().manual_seed(0))
+    probe = probe * (shift.detach().float().abs().view(1, -1, 1, 1) + 1)
+    b = np.ascontiguousarray(_np(shift))
+    return _first_exact(module, probe, [(BN_FMA, ones, b), (BN_MUL_ADD, ones, b)], (ones, zeros))
+
+
+def _first_exact(module, probe, candidates, identity):
+    """The first ``(mode, a, b)`` of ``candidates`` whose kernel output equals ``module(probe)``."""
     with torch.no_grad():
-        expected = bn(probe).numpy()
+        expected = module(probe).numpy()
     x = probe.numpy()
-    for mode, fused_shift in ((BN_FMA, True), (BN_FMA, False), (BN_MUL_ADD, False),
-                              (BN_MUL_ADD, True)):  # fmt: skip
-        a, b = bn_coefficients(bn, fused_shift)
+    for mode, a, b in candidates:
         if np.array_equal(apply_bn(x, mode, a, b), expected):
             return mode, a, b
     return BN_NONE, *identity

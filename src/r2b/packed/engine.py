@@ -1,22 +1,65 @@
 """The whole-network packed engine: ``to_packed(model)`` and ``PackedResNet``.
 
-``to_packed`` turns a fully binary (``stage="bnn"``) ``BinaryResNet18`` -- strong baseline or
-Real-to-Binary, either stem -- into a ``PackedResNet``: the 16 binary convolutions hold
-``sign(W)`` as bits and run as XOR + popcount kernels; the stem, BatchNorms, gates, downsample
-shortcuts, pool and classifier are copies of the float model's modules in eval mode. The result
-equals the eval-mode float model bit for bit (see ``r2b.packed.layers``).
+``to_packed`` turns a fully binary (``stage="bnn"``) network that describes itself through
+``model.spec()`` (``r2b.models.spec``: the strong baseline, Real-to-Binary, Bi-Real Net, ReActNet,
+either stem, or any network built from the same half blocks) into a ``PackedResNet``: the binary
+convolutions hold ``sign(W)`` as bits and run as XOR + popcount kernels; the stem, BatchNorms,
+gates, shifts, activations, downsample shortcuts, pool and classifier are copies of the float
+model's modules in eval mode. The result equals the eval-mode float model bit for bit (see
+``r2b.packed.layers``). The engine reads only the description: no model names, no attribute
+names.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
 from r2b.errors import UserError
 from r2b.packed.bitpack import pack_weight
-from r2b.packed.layers import PackedBinaryConv2d, PackedHalfBlock, PackedStem, packed_shortcut
+from r2b.packed.layers import PackedBinaryConv2d, PackedHalfBlock, PackedStem
+
+
+@dataclass(frozen=True)
+class PackedConv:
+    """What a packed binary conv holds (``PackedBinaryConv2d``'s arguments): ``sign(W)`` as
+    canonical ``(O, kh, kw, ceil(C / 64))`` uint64 words, the geometry, the ``(O,)`` weight scale
+    ``alpha`` (``None`` without one) and the +-1 pad value of its quantised input."""
+
+    bits: np.ndarray
+    in_channels: int
+    stride: int
+    padding: int
+    alpha: torch.Tensor | None
+    pad_value: float = 1.0
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.bits.shape[0])
+
+    @property
+    def kernel_size(self) -> list[int]:
+        return [int(k) for k in self.bits.shape[1:3]]
+
+    def layer(self) -> PackedBinaryConv2d:
+        """The packed layer."""
+        return PackedBinaryConv2d(self.bits, self.in_channels, self.stride, self.padding,
+                                  self.alpha, self.pad_value)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PackedRecord:
+    """What ``r2b.packed.save`` writes: the ``arch`` the float model was built from, its binary
+    convs by module name (``(name, PackedConv)``) and every other tensor of its ``state_dict``
+    (``num_batches_tracked`` left out)."""
+
+    arch: dict = field(default_factory=dict)
+    binary_convs: tuple[tuple[str, PackedConv], ...] = ()
+    tensors: dict = field(default_factory=dict)
 
 
 class PackedResNet(nn.Module):
@@ -35,7 +78,7 @@ class PackedResNet(nn.Module):
         self.stem, self.pool, self.fc = stem, pool, fc
         self.halves = nn.ModuleList(halves)
         #: what ``r2b.packed.save`` writes (set by ``assemble``)
-        self.record: dict = {}
+        self.record = PackedRecord()
         self.eval()
 
     def binary_convs(self) -> list[PackedBinaryConv2d]:
@@ -61,16 +104,16 @@ class PackedResNet(nn.Module):
 
 
 def check_packable(model: nn.Module) -> None:
-    """Raise a ``UserError`` unless ``model`` is a binary ResNet-18 whose convs are all binary."""
-    needed = ("stem", "blocks", "pool", "fc")
-    if not all(hasattr(model, a) for a in needed) or not hasattr(model, "binary_convs"):
+    """Raise a ``UserError`` unless ``model`` describes itself as a binary network
+    (``spec()``, ``r2b.models.spec``) whose convolutions are all binary (stage ``bnn``)."""
+    if not callable(getattr(model, "spec", None)):
         name = getattr(model, "arch", {}).get("name", type(model).__name__)
         raise UserError(
             f"{name} has no binary convolutions to pack; export a binary model "
-            "(sb_resnet18 or r2b_resnet18, stage 'bnn')"
+            "(r2b summary --list names them; stage 'bnn')"
         )
     stage = getattr(model, "stage", None)
-    convs = model.binary_convs()
+    convs = model.spec().binary_convs()
     if stage != "bnn" or not all(c.is_binary for c in convs):
         raise UserError(
             f"only a fully binary model packs into bits, this one is stage {stage!r} "
@@ -78,80 +121,78 @@ def check_packable(model: nn.Module) -> None:
         )
 
 
-def pack_conv(conv: nn.Module) -> dict:
+def pack_conv(conv: nn.Module) -> PackedConv:
     """What a packed conv needs from a float ``BinaryConv2d``: bits, alpha and geometry."""
     if conv.bias is not None or conv.groups != 1 or conv.dilation != (1, 1):
         raise UserError("packed convs support no bias, groups or dilation; export a r2b model")
     if conv.stride[0] != conv.stride[1] or conv.padding[0] != conv.padding[1]:
         raise UserError("packed convs need equal strides and paddings in both directions")
     alpha = conv.weight_alpha()
-    return {
-        "bits": pack_weight(conv.weight),
-        "in_channels": conv.in_channels,
-        "stride": conv.stride[0],
-        "padding": conv.padding[0],
-        "alpha": None if alpha is None else alpha.detach().float().clone(),
-        "pad_value": conv.pad_value,
-    }
+    return PackedConv(
+        bits=pack_weight(conv.weight),
+        in_channels=conv.in_channels,
+        stride=conv.stride[0],
+        padding=conv.padding[0],
+        alpha=None if alpha is None else alpha.detach().float().clone(),
+        pad_value=conv.pad_value,
+    )
 
 
 def to_packed(model: nn.Module) -> PackedResNet:
-    """The packed inference engine of a trained fully binary ResNet-18 (the model is not changed).
+    """The packed inference engine of a trained fully binary network (the model is not changed).
 
     Raises ``UserError`` for a model that is not fully binary (stages ``fp`` and ``ban``).
     """
     check_packable(model)
     with torch.no_grad():
-        convs = [pack_conv(c) for c in model.binary_convs()]
+        convs = [pack_conv(c) for c in model.spec().binary_convs()]
     return assemble(model, convs)
 
 
-def assemble(model: nn.Module, convs: list[dict]) -> PackedResNet:
-    """A ``PackedResNet`` from the float modules of ``model`` and packed convs (``pack_conv``)."""
-    halves_f = [h for block in model.blocks for h in (block.half1, block.half2)]
-    if len(halves_f) != len(convs):
-        raise ValueError(f"{len(convs)} packed convs for {len(halves_f)} half blocks")
-    halves = []
-    for half, spec in zip(halves_f, convs):
-        conv = PackedBinaryConv2d(**spec)
-        scaling = half.gate if hasattr(half, "gate") else half.scale.scale
-        shortcut = None if isinstance(half.shortcut, nn.Identity) else half.shortcut
-        shortcut = packed_shortcut(_frozen(shortcut))
-        halves.append(
-            PackedHalfBlock(_frozen(half.bn), conv, _frozen(scaling), _frozen(half.act), shortcut)
-        )
+def assemble(model: nn.Module, convs: list[PackedConv]) -> PackedResNet:
+    """A ``PackedResNet`` from the description of ``model`` (``model.spec()``) and packed convs
+    (``pack_conv``): every part but the binary convs is a frozen copy of the model's module."""
+    spec = model.spec()
+    if len(spec.halves) != len(convs):
+        raise ValueError(f"{len(convs)} packed convs for {len(spec.halves)} half blocks")
+    halves = [
+        PackedHalfBlock.from_spec(half, conv.layer(), _frozen)
+        for half, conv in zip(spec.halves, convs)
+    ]
     arch = getattr(model, "arch", {})
-    stem = _packed_stem(_frozen(model.stem))
-    packed = PackedResNet(arch, stem, halves, _frozen(model.pool), _frozen(model.fc))
+    stem = _packed_stem(_frozen(spec.stem))
+    packed = PackedResNet(arch, stem, halves, _frozen(spec.pool), _frozen(spec.fc))
     packed.record = _export_record(model, convs)
     return packed
 
 
-def _export_record(model: nn.Module, convs: list[dict]) -> dict:
-    """What the file format stores: the binary convs (name, geometry, bits, alpha) and every
-    other tensor of the float model's ``state_dict`` (``num_batches_tracked`` left out)."""
+def _export_record(model: nn.Module, convs: list[PackedConv]) -> PackedRecord:
+    """The binary convs by module name and every other tensor of the float model's
+    ``state_dict`` (``num_batches_tracked`` left out)."""
     names = {id(m): n for n, m in model.named_modules()}
-    binary = []
-    for conv, spec in zip(model.binary_convs(), convs):
-        binary.append({"name": names[id(conv)], "out_channels": int(spec["bits"].shape[0]),
-                       "kernel_size": list(spec["bits"].shape[1:3]), **spec})  # fmt: skip
-    skip = {f"{b['name']}.weight" for b in binary}
+    binary = tuple((names[id(c)], p) for c, p in zip(model.spec().binary_convs(), convs))
+    skip = {f"{name}.weight" for name, _ in binary}
     real = {
         k: v.detach().cpu().clone()
         for k, v in model.state_dict().items()
         if k not in skip and not k.endswith("num_batches_tracked")
     }
-    return {"arch": dict(getattr(model, "arch", {})), "binary_convs": binary, "tensors": real}
+    return PackedRecord(dict(getattr(model, "arch", {})), binary, real)
 
 
 def _packed_stem(stem: nn.Sequential) -> nn.Module:
-    """``PackedStem`` for the model's ``conv, BN, PReLU[, max-pool]``; other stems stay as
-    they are."""
+    """``PackedStem`` for a ``conv, BN[, PReLU][, max-pool]`` stem; other stems stay as they are."""
     layers = list(stem)
-    kinds = (nn.Conv2d, nn.BatchNorm2d, nn.PReLU)
-    if len(layers) in (3, 4) and all(isinstance(m, k) for m, k in zip(layers, kinds)):
-        return PackedStem(*layers[:3], layers[3] if len(layers) == 4 else None)
-    return stem
+    if len(layers) < 2 or not isinstance(layers[0], nn.Conv2d):
+        return stem
+    if not isinstance(layers[1], nn.BatchNorm2d):
+        return stem
+    rest = layers[2:]
+    act = rest.pop(0) if rest and isinstance(rest[0], nn.PReLU) else None
+    pool = rest.pop(0) if rest and isinstance(rest[0], nn.MaxPool2d) else None
+    if rest:
+        return stem
+    return PackedStem(layers[0], layers[1], act, pool)
 
 
 def _frozen(m):

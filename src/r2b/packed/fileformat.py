@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from r2b.errors import UserError
-from r2b.packed.engine import PackedResNet, assemble, to_packed
+from r2b.packed.engine import PackedConv, PackedResNet, assemble, to_packed
 
 MAGIC = b"R2BPACK\0"
 FORMAT = "r2b.packed"
@@ -69,26 +69,25 @@ def to_bytes(model: torch.nn.Module) -> bytes:
     """The ``.r2b`` bytes of a ``PackedResNet`` or of a fully binary float model."""
     packed = model if isinstance(model, PackedResNet) else to_packed(model)
     record = packed.record
-    if not record.get("arch"):
+    if not record.arch:
         raise UserError("the model has no .arch record; build it with r2b.models.create_model")
     tensors: dict[str, np.ndarray] = {}
     convs = []
-    for spec in record["binary_convs"]:
-        name = spec["name"]
-        tensors[f"{name}.bits"] = spec["bits"]
+    for name, conv in record.binary_convs:
+        tensors[f"{name}.bits"] = conv.bits
         alpha = None
-        if spec["alpha"] is not None:
+        if conv.alpha is not None:
             alpha = f"{name}.alpha"
-            tensors[alpha] = spec["alpha"].numpy().astype(np.float32)
+            tensors[alpha] = conv.alpha.numpy().astype(np.float32)
         convs.append({
-            "name": name, "in_channels": spec["in_channels"],
-            "out_channels": spec["out_channels"], "kernel_size": spec["kernel_size"],
-            "stride": spec["stride"], "padding": spec["padding"],
-            "pad_value": spec["pad_value"], "bits": f"{name}.bits", "alpha": alpha,
+            "name": name, "in_channels": conv.in_channels,
+            "out_channels": conv.out_channels, "kernel_size": conv.kernel_size,
+            "stride": conv.stride, "padding": conv.padding,
+            "pad_value": conv.pad_value, "bits": f"{name}.bits", "alpha": alpha,
         })  # fmt: skip
-    for key, value in record["tensors"].items():
+    for key, value in record.tensors.items():
         tensors[key] = value.contiguous().numpy()
-    return _encode({"arch": record["arch"], "binary_convs": convs}, tensors)
+    return _encode({"arch": record.arch, "binary_convs": convs}, tensors)
 
 
 def _encode(header: dict, tensors: dict[str, np.ndarray]) -> bytes:
@@ -223,9 +222,9 @@ def from_parts(header: dict, tensors: dict[str, np.ndarray], source: str) -> Pac
         alpha = tensors.get(spec["alpha"]) if spec.get("alpha") else None
         if spec.get("alpha") and (alpha is None or alpha.shape != (conv.out_channels,)):
             raise fail(f"inconsistent (alpha of {spec['name']!r})")
-        convs.append({
-            "bits": bits, "in_channels": conv.in_channels, "stride": conv.stride[0],
-            "padding": conv.padding[0], "pad_value": float(spec.get("pad_value", 1.0)),
-            "alpha": None if alpha is None else torch.from_numpy(alpha),
-        })  # fmt: skip
+        convs.append(PackedConv(
+            bits=bits, in_channels=conv.in_channels, stride=conv.stride[0],
+            padding=conv.padding[0], pad_value=float(spec.get("pad_value", 1.0)),
+            alpha=None if alpha is None else torch.from_numpy(alpha),
+        ))  # fmt: skip
     return assemble(model, convs)

@@ -45,6 +45,8 @@ task loops on first use, see ``worker_address``).
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 import numpy as np
 from llvmlite import ir
 from numba import carray, cfunc, njit, types
@@ -73,6 +75,22 @@ _WORKER_SIG = types.void(types.voidptr)
 
 #: Slots of a worker's argument array used by the launcher itself; kernel arguments follow.
 ARG_TID_FN, ARG_COUNTER, ARG_N_TASKS = 0, 1, 2
+
+
+def arg_layout(name: str, fields: list[tuple[str, int]]) -> tuple:
+    """The slots of a kernel's argument array, declared once for its launcher and its worker.
+
+    ``fields``: ``(name, ndim)`` in order; an array of ``ndim`` dimensions takes ``1 + ndim``
+    slots (address, then its shape), a scalar (``ndim = 0``) one. The result is a named tuple
+    of ints (numba reads a global one as compile-time constants): each field's first slot, by
+    its upper-case name, and ``SIZE``, the length of the argument array.
+    """
+    names, slots, slot = [], [], ARG_N_TASKS + 1
+    for field, ndim in fields:
+        names.append(field.upper())
+        slots.append(slot)
+        slot += 1 + ndim if ndim else 1
+    return namedtuple(name, [*names, "SIZE"])(*slots, slot)
 
 
 @intrinsic
@@ -480,14 +498,22 @@ def _bn_pack_task(task, x, mode, bn_a, bn_b, pad, xp, write_y, y, group):
         _scatter_bits(bits, xp, n, h0, h1, width, pad, word)
 
 
+#: Arguments of ``bn_pack``.
+BnPackArgs = arg_layout("BnPackArgs", [
+    ("x", 4), ("bn_a", 1), ("bn_b", 1), ("xp", 4), ("y", 4),
+    ("mode", 0), ("pad", 0), ("write_y", 0), ("group", 0),
+])  # fmt: skip
+
+
 def _bn_pack_worker(data):
-    args = _args_view(data, 32)
-    x = _get_f32_4d(args, 3)
-    bn_a = _get_f32_1d(args, 8)
-    bn_b = _get_f32_1d(args, 10)
-    xp = _get_u64_4d(args, 12)
-    y = _get_f32_4d(args, 17)
-    mode, pad, write_y, group = args[22], args[23], args[24], args[25]
+    A = BnPackArgs
+    args = _args_view(data, A.SIZE)
+    x = _get_f32_4d(args, A.X)
+    bn_a = _get_f32_1d(args, A.BN_A)
+    bn_b = _get_f32_1d(args, A.BN_B)
+    xp = _get_u64_4d(args, A.XP)
+    y = _get_f32_4d(args, A.Y)
+    mode, pad, write_y, group = args[A.MODE], args[A.PAD], args[A.WRITE_Y], args[A.GROUP]
     n_tasks = args[ARG_N_TASKS]
     task = _next_task(args)
     while task < n_tasks:
@@ -502,14 +528,15 @@ def bn_pack(x, mode, bn_a, bn_b, pad, xp, write_y, y, launch):
     ``x``, ``y``: ``(N, C, H, W)`` float32; ``xp``: ``(N, H+2p, W+2p, Kw)`` uint64 whose border
     already holds the padding; ``mode``: ``BN_NONE`` / ``BN_FMA`` / ``BN_MUL_ADD``.
     """
-    args = np.empty(32, np.int64)
-    _put_array(args, 3, x)
-    _put_array(args, 8, bn_a)
-    _put_array(args, 10, bn_b)
-    _put_array(args, 12, xp)
-    _put_array(args, 17, y)
+    A = BnPackArgs
+    args = np.empty(A.SIZE, np.int64)
+    _put_array(args, A.X, x)
+    _put_array(args, A.BN_A, bn_a)
+    _put_array(args, A.BN_B, bn_b)
+    _put_array(args, A.XP, xp)
+    _put_array(args, A.Y, y)
     group = _rows_per_task(x.shape[2], x.shape[3], x.shape[0], launch[3])
-    args[22], args[23], args[24], args[25] = mode, pad, write_y, group
+    args[A.MODE], args[A.PAD], args[A.WRITE_Y], args[A.GROUP] = mode, pad, write_y, group
     _run_parallel(args, x.shape[0] * ((x.shape[2] + group - 1) // group), launch, x.size // 4)
 
 
@@ -547,12 +574,20 @@ def _conv_int_task(task, xp, wt, geo, out):
             dst[i] = k_total - 2 * src[i]
 
 
+#: The conv's geometry: consecutive scalar slots ``(n_out_ch, K, kh, kw, stride, rows per task)``.
+_GEOMETRY = [("n_out_ch", 0), ("k_total", 0), ("kh", 0), ("kw", 0), ("stride", 0), ("group", 0)]
+
+#: Arguments of ``conv_int``.
+ConvIntArgs = arg_layout("ConvIntArgs", [("xp", 4), ("wt", 3), ("out", 4), *_GEOMETRY])
+
+
 def _conv_int_worker(data):
-    args = _args_view(data, 32)
-    xp = _get_u64_4d(args, 3)
-    wt = _get_u64_3d(args, 8)
-    out = _get_i32_4d(args, 12)
-    geo = args[17:23]
+    A = ConvIntArgs
+    args = _args_view(data, A.SIZE)
+    xp = _get_u64_4d(args, A.XP)
+    wt = _get_u64_3d(args, A.WT)
+    out = _get_i32_4d(args, A.OUT)
+    geo = args[A.N_OUT_CH : A.GROUP + 1]
     n_tasks = args[ARG_N_TASKS]
     task = _next_task(args)
     while task < n_tasks:
@@ -567,14 +602,15 @@ def conv_int(xp, wt, geo, out, launch):
     ``geo = (n_out_ch, K, kh, kw, stride)``. Equals ``conv2d(pad(sign(x), pad_value), sign(W))``
     of the float graph exactly.
     """
-    args = np.empty(32, np.int64)
-    _put_array(args, 3, xp)
-    _put_array(args, 8, wt)
-    _put_array(args, 12, out)
+    A = ConvIntArgs
+    args = np.empty(A.SIZE, np.int64)
+    _put_array(args, A.XP, xp)
+    _put_array(args, A.WT, wt)
+    _put_array(args, A.OUT, out)
     n_task_o = (wt.shape[0] * TILE_O + TASK_O - 1) // TASK_O
     group = _rows_per_task(out.shape[2], out.shape[3], out.shape[0] * n_task_o, launch[3])
-    args[17:22] = geo[:5]
-    args[22] = group
+    args[A.N_OUT_CH : A.GROUP] = geo[:5]
+    args[A.GROUP] = group
     n_groups = (out.shape[2] + group - 1) // group
     macs = out.size * geo[1]
     _run_parallel(args, out.shape[0] * n_groups * n_task_o, launch, macs // 1500 + out.size // 4)
@@ -583,15 +619,95 @@ def conv_int(xp, wt, geo, out, launch):
 # ------------------------------------------------------------------ half block
 
 
+#: Epilogue activations: none, PReLU ``v > 0 ? v : a v``, RPReLU ``PReLU(v + gamma) + zeta``.
+ACT_NONE, ACT_PRELU, ACT_RPRELU = 0, 1, 2
+
+#: Arguments of ``half_block``. Per layer (``half_static``): weights, geometry, the epilogue's
+#: per-channel vectors and flags, the next block's pre-sign affine; per call: the tensors.
+HalfArgs = arg_layout("HalfArgs", [
+    ("wt", 3), ("alpha", 1), ("slope", 1), ("post_a", 1), ("post_b", 1), ("shift_in", 1),
+    ("shift_out", 1), ("bn_a", 1), ("bn_b", 1), *_GEOMETRY,
+    ("post_mode", 0), ("act", 0), ("act_after_add", 0),
+    ("fuse", 0), ("bn_mode", 0), ("pad2", 0), ("write_y", 0),
+    ("xp", 4), ("gain", 2), ("shortcut", 4), ("out", 4), ("xp2", 4), ("y2", 4),
+])  # fmt: skip
+
+#: The epilogue (post, act, act_after_add) and the fused next block (fuse, bn mode, pad,
+#: write_y): consecutive scalar slots of ``HalfArgs``.
+_HALF_FLAGS = (int(HalfArgs.POST_MODE), int(HalfArgs.WRITE_Y) + 1)
+
+
+@njit(inline="always")
+def _affine(dst, mode, a, b):
+    """``dst = dst * a + b`` in place, as ``fma`` (``BN_FMA``) or a product and a sum."""
+    if mode == BN_FMA:
+        for i in range(dst.shape[0]):
+            dst[i] = _fma(dst[i], a, b)
+    elif mode == BN_MUL_ADD:
+        for i in range(dst.shape[0]):
+            dst[i] = dst[i] * a + b
+
+
+@njit(inline="always")
+def _activate(dst, act, gamma, slope, zeta):
+    """PReLU (``act = ACT_PRELU``) or RPReLU (``ACT_RPRELU``) in place, one rounding a step."""
+    if act == ACT_RPRELU:
+        for i in range(dst.shape[0]):
+            dst[i] = dst[i] + gamma
+    if act != ACT_NONE:
+        for i in range(dst.shape[0]):
+            v = dst[i]
+            if not v > 0:
+                v = slope * v
+            dst[i] = v
+    if act == ACT_RPRELU:
+        for i in range(dst.shape[0]):
+            dst[i] = dst[i] + zeta
+
+
+@njit(inline="always")
+def _epilogue(src, k_total, a, g, s, res, dst, flags, pa, pb, gamma, zeta):
+    """``dst`` = the half block's output from the mismatch counts ``src`` of one channel::
+
+        v   = (float(K - 2 src) * alpha) * gain            gain: scale, gate or 1
+        v   = post(v)                                      post BN: fma or mul-add (or none)
+        out = act(v) + res   |   act(v + res)              act_after_add
+
+    The strong-baseline / Real-to-Binary case (no post, PReLU before the add) is one loop.
+    """
+    post_mode, act, after = flags[0], flags[1], flags[2]
+    npix = src.shape[0]
+    if post_mode == BN_NONE and act == ACT_PRELU and not after:
+        for i in range(npix):
+            v = np.float32(k_total - 2 * src[i]) * a
+            v = v * g
+            if not v > 0:
+                v = s * v
+            dst[i] = v + res[i]
+        return
+    for i in range(npix):
+        v = np.float32(k_total - 2 * src[i]) * a
+        dst[i] = v * g
+    _affine(dst, post_mode, pa, pb)
+    if not after:
+        _activate(dst, act, gamma, s, zeta)
+    for i in range(npix):
+        dst[i] = dst[i] + res[i]
+    if after:
+        _activate(dst, act, gamma, s, zeta)
+
+
 @njit(cache=True)
-def _half_task(task, xp, wt, geo, alpha, gain, slope, shortcut, out, nxt, bn_a, bn_b, xp2, y2):
+def _half_task(task, xp, wt, geo, vecs, gain, shortcut, out, flags, xp2, y2):
     """Rows ``oh0 .. oh1`` x 64 channels of a half block, and of the next block's packed input.
 
-    ``geo = (n_out_ch, K, kh, kw, stride, rows per task)``; ``nxt = (fuse, bn mode, pad,
-    write_y)``.
+    ``geo = (n_out_ch, K, kh, kw, stride, rows per task)``; ``vecs``: the per-channel vectors
+    ``(alpha, slope, post_a, post_b, shift_in, shift_out, bn_a, bn_b)``; ``flags = (post mode,
+    act, act_after_add, fuse, bn mode, pad, write_y)``.
     """
+    alpha, slope, post_a, post_b, shift_in, shift_out, bn_a, bn_b = vecs
     k_total, kh, kw, stride, group = geo[1], geo[2], geo[3], geo[4], geo[5]
-    fuse, mode, pad2, write_y = nxt[0], nxt[1], nxt[2], nxt[3]
+    fuse, mode, pad2, write_y = flags[3], flags[4], flags[5], flags[6]
     n_out_ch, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
     n, tb, oh0, oh1, blk0, n_blk, npix, rows = _task_mismatches(
         task, xp, wt, kh, kw, stride, group, out_h, out_w
@@ -600,18 +716,10 @@ def _half_task(task, xp, wt, geo, alpha, gain, slope, shortcut, out, nxt, bn_a, 
     o0 = blk0 * TILE_O
     for o in range(min(n_blk * TILE_O, n_out_ch - o0)):
         oc = o0 + o
-        a = alpha[oc]
-        g = gain[n, oc]
-        s = slope[oc]
         dst = _plane(out, n, oc, oh0 * out_w, npix)
         res = _plane(shortcut, n, oc, oh0 * out_w, npix)
-        src = rows[o]
-        for i in range(npix):
-            v = np.float32(k_total - 2 * src[i]) * a
-            v = v * g
-            if not v > 0:
-                v = s * v
-            dst[i] = v + res[i]
+        _epilogue(rows[o], k_total, alpha[oc], gain[n, oc], slope[oc], res, dst, flags,
+                  post_a[oc], post_b[oc], shift_in[oc], shift_out[oc])  # fmt: skip
         if fuse:
             ydst = _plane(y2, n, oc, oh0 * out_w, npix) if write_y else dst
             _bn_sign(dst, mode, bn_a[oc], bn_b[oc], np.uint64(o), bits, ydst, write_y)
@@ -620,71 +728,73 @@ def _half_task(task, xp, wt, geo, alpha, gain, slope, shortcut, out, nxt, bn_a, 
 
 
 def _half_worker(data):
-    args = _args_view(data, 64)
-    xp = _get_u64_4d(args, 3)
-    wt = _get_u64_3d(args, 8)
-    alpha = _get_f32_1d(args, 12)
-    gain = _get_f32_2d(args, 14)
-    slope = _get_f32_1d(args, 17)
-    shortcut = _get_f32_4d(args, 19)
-    out = _get_f32_4d(args, 24)
-    bn_a = _get_f32_1d(args, 29)
-    bn_b = _get_f32_1d(args, 31)
-    xp2 = _get_u64_4d(args, 33)
-    y2 = _get_f32_4d(args, 38)
-    geo = args[43:49]
-    nxt = args[49:53]
+    A = HalfArgs
+    args = _args_view(data, A.SIZE)
+    xp = _get_u64_4d(args, A.XP)
+    wt = _get_u64_3d(args, A.WT)
+    vecs = (
+        _get_f32_1d(args, A.ALPHA), _get_f32_1d(args, A.SLOPE),
+        _get_f32_1d(args, A.POST_A), _get_f32_1d(args, A.POST_B),
+        _get_f32_1d(args, A.SHIFT_IN), _get_f32_1d(args, A.SHIFT_OUT),
+        _get_f32_1d(args, A.BN_A), _get_f32_1d(args, A.BN_B),
+    )  # fmt: skip
+    gain = _get_f32_2d(args, A.GAIN)
+    shortcut = _get_f32_4d(args, A.SHORTCUT)
+    out = _get_f32_4d(args, A.OUT)
+    xp2 = _get_u64_4d(args, A.XP2)
+    y2 = _get_f32_4d(args, A.Y2)
+    geo = args[A.N_OUT_CH : A.GROUP + 1]
+    flags = args[_HALF_FLAGS[0] : _HALF_FLAGS[1]]
     n_tasks = args[ARG_N_TASKS]
     task = _next_task(args)
     while task < n_tasks:
-        _half_task(task, xp, wt, geo, alpha, gain, slope, shortcut, out, nxt, bn_a, bn_b, xp2, y2)
+        _half_task(task, xp, wt, geo, vecs, gain, shortcut, out, flags, xp2, y2)
         task = _next_task(args)
 
 
-#: Slots of ``half_block``'s argument array that stay the same for a layer (``half_static``).
-_HALF_STATIC = ((8, 12), (12, 14), (17, 19), (29, 33), (43, 48), (49, 53))
-
-
-def half_static(wt, geo, alpha, slope, nxt, bn_a, bn_b) -> np.ndarray:
+def half_static(wt, geo, vectors: dict, flags) -> np.ndarray:
     """The per-layer part of ``half_block``'s arguments, packed once (the arrays must outlive
-    it): weights ``wt``, ``geo = (n_out_ch, K, kh, kw, stride)``, ``alpha``, PReLU ``slope``,
-    ``nxt = (fuse, bn mode, pad, write_y)`` and the next block's BN coefficients."""
-    args = np.zeros(64, np.int64)
-    for slot, arr in ((8, wt), (12, alpha), (17, slope), (29, bn_a), (31, bn_b)):
+    it): weights ``wt``, ``geo = (n_out_ch, K, kh, kw, stride)``, the per-channel float32
+    ``vectors`` by ``HalfArgs`` name (``alpha``, ``slope``, ``post_a``, ``post_b``,
+    ``shift_in``, ``shift_out``, ``bn_a``, ``bn_b``) and ``flags = (post mode, act,
+    act_after_add, fuse, bn mode, pad, write_y)``."""
+    args = np.zeros(HalfArgs.SIZE, np.int64)
+    arrays = [(HalfArgs.WT, wt)] + [(getattr(HalfArgs, k.upper()), v) for k, v in vectors.items()]
+    for slot, arr in arrays:
         assert arr.flags.c_contiguous
         args[slot] = arr.ctypes.data
         args[slot + 1 : slot + 1 + arr.ndim] = arr.shape
-    args[43:48] = geo[:5]
-    args[49:53] = nxt
+    args[HalfArgs.N_OUT_CH : HalfArgs.GROUP] = geo[:5]
+    args[_HALF_FLAGS[0] : _HALF_FLAGS[1]] = flags
     return args
 
 
 @njit(cache=True, nogil=True)
 def half_block(static, xp, gain, shortcut, out, xp2, y2, launch):
-    """Binary conv fused with the half block's float epilogue and the next block's BN + pack::
+    """Binary conv fused with the half block's float epilogue and the next block's pre + pack::
 
         c   = float(K - 2 * mismatches)          exact integer
-        v   = (c * alpha[o]) * gain[n, o]        weight scale, then learned scale or gate
-        out = (v if v > 0 else slope[o] * v) + shortcut[n, o, oh, ow]      PReLU, residual add
-        if fuse:  xp2 <- sign bits of y2 = BN_next(out)   (y2 written if write_y)
+        v   = (c * alpha[o]) * gain[n, o]        weight scale, then learned scale, gate or 1
+        v   = post(v)                            BatchNorm after the conv (or none)
+        out = act(v) + shortcut  |  act(v + shortcut)   PReLU / RPReLU / none (``_epilogue``)
+        if fuse:  xp2 <- sign bits of y2 = pre_next(out)   (y2 written if write_y)
 
     ``static``: the layer's constant arguments (``half_static``). ``alpha = 1`` when the conv has
-    no weight scale: multiplying by 1 is exact.
+    no weight scale, ``gain = 1`` when it has no scaling: multiplying by 1 is exact.
     """
-    args = np.empty(64, np.int64)
-    for first, end in _HALF_STATIC:
-        args[first:end] = static[first:end]
-    _put_array(args, 3, xp)
-    _put_array(args, 14, gain)
-    _put_array(args, 19, shortcut)
-    _put_array(args, 24, out)
-    _put_array(args, 33, xp2)
-    _put_array(args, 38, y2)
-    n_task_o = (args[9] * TILE_O + TASK_O - 1) // TASK_O
+    A = HalfArgs
+    args = static.copy()
+    _put_array(args, A.XP, xp)
+    _put_array(args, A.GAIN, gain)
+    _put_array(args, A.SHORTCUT, shortcut)
+    _put_array(args, A.OUT, out)
+    _put_array(args, A.XP2, xp2)
+    _put_array(args, A.Y2, y2)
+    n_task_o = (args[A.WT + 1] * TILE_O + TASK_O - 1) // TASK_O
     group = _rows_per_task(out.shape[2], out.shape[3], out.shape[0] * n_task_o, launch[3])
-    args[48] = group
+    args[A.GROUP] = group
     n_groups = (out.shape[2] + group - 1) // group
-    macs = out.size * args[44]
+    macs = out.size * args[A.K_TOTAL]
     _run_parallel(args, out.shape[0] * n_groups * n_task_o, launch, macs // 1500 + out.size // 4)
 
 
@@ -740,15 +850,23 @@ def _stem_task(task, conv, mode, bn_a, bn_b, slope, pool, out):
             dst[ow] = best[ow * channels + c]
 
 
+#: Arguments of ``stem_tail``.
+StemArgs = arg_layout("StemArgs", [
+    ("conv", 4), ("bn_a", 1), ("bn_b", 1), ("slope", 1), ("out", 4),
+    ("mode", 0), ("pool_k", 0), ("pool_s", 0), ("pool_p", 0),
+])  # fmt: skip
+
+
 def _stem_worker(data):
-    args = _args_view(data, 32)
-    conv = _get_f32_4d(args, 3)
-    bn_a = _get_f32_1d(args, 8)
-    bn_b = _get_f32_1d(args, 10)
-    slope = _get_f32_1d(args, 12)
-    out = _get_f32_4d(args, 14)
-    mode = args[19]
-    pool = args[20:23]
+    A = StemArgs
+    args = _args_view(data, A.SIZE)
+    conv = _get_f32_4d(args, A.CONV)
+    bn_a = _get_f32_1d(args, A.BN_A)
+    bn_b = _get_f32_1d(args, A.BN_B)
+    slope = _get_f32_1d(args, A.SLOPE)
+    out = _get_f32_4d(args, A.OUT)
+    mode = args[A.MODE]
+    pool = args[A.POOL_K : A.POOL_P + 1]
     n_tasks = args[ARG_N_TASKS]
     task = _next_task(args)
     while task < n_tasks:
@@ -762,14 +880,15 @@ def stem_tail(conv, mode, bn_a, bn_b, slope, pool, out, launch):
     ``(N, C, OH, OW)``; ``pool = (kernel, stride, padding)`` of a max-pool (kernel 0: none);
     ``bn_a``, ``bn_b``, ``slope``: per-channel coefficients tiled ``W`` times (length ``W * C``).
     """
-    args = np.empty(32, np.int64)
-    _put_array(args, 3, conv)
-    _put_array(args, 8, bn_a)
-    _put_array(args, 10, bn_b)
-    _put_array(args, 12, slope)
-    _put_array(args, 14, out)
-    args[19] = mode
-    args[20:23] = pool
+    A = StemArgs
+    args = np.empty(A.SIZE, np.int64)
+    _put_array(args, A.CONV, conv)
+    _put_array(args, A.BN_A, bn_a)
+    _put_array(args, A.BN_B, bn_b)
+    _put_array(args, A.SLOPE, slope)
+    _put_array(args, A.OUT, out)
+    args[A.MODE] = mode
+    args[A.POOL_K : A.POOL_P + 1] = pool
     _run_parallel(args, out.shape[0] * out.shape[2], launch, conv.size // 2)
 
 
@@ -797,10 +916,15 @@ def _avg_pool_task(task, x, out):
             row[ow] = total / np.float32(4.0)
 
 
+#: Arguments of ``avg_pool2``.
+AvgPoolArgs = arg_layout("AvgPoolArgs", [("x", 4), ("out", 4)])
+
+
 def _avg_pool_worker(data):
-    args = _args_view(data, 16)
-    x = _get_f32_4d(args, 3)
-    out = _get_f32_4d(args, 8)
+    A = AvgPoolArgs
+    args = _args_view(data, A.SIZE)
+    x = _get_f32_4d(args, A.X)
+    out = _get_f32_4d(args, A.OUT)
     n_tasks = args[ARG_N_TASKS]
     task = _next_task(args)
     while task < n_tasks:
@@ -812,9 +936,10 @@ def _avg_pool_worker(data):
 def avg_pool2(x, out, launch):
     """``out = AvgPool2d(2, 2)(x)`` for ``(N, C, H, W)`` float32, bit-identical to PyTorch's
     CPU kernel (``((x00 + x01) + x10) + x11`` then ``/ 4``)."""
-    args = np.empty(16, np.int64)
-    _put_array(args, 3, x)
-    _put_array(args, 8, out)
+    A = AvgPoolArgs
+    args = np.empty(A.SIZE, np.int64)
+    _put_array(args, A.X, x)
+    _put_array(args, A.OUT, out)
     _run_parallel(args, x.shape[0] * x.shape[1], launch, x.size // 8)
 
 
@@ -835,22 +960,28 @@ def _peak_task(reps):
     return total + x[0] + w[0]
 
 
+#: Arguments of ``peak``: the repetitions, then one result slot per task modulo 4.
+PeakArgs = arg_layout("PeakArgs", [("reps", 0), ("r0", 0), ("r1", 0), ("r2", 0), ("r3", 0)])
+
+
 def _peak_worker(data):
-    args = _args_view(data, 8)
+    A = PeakArgs
+    args = _args_view(data, A.SIZE)
     n_tasks = args[ARG_N_TASKS]
     task = _next_task(args)
     while task < n_tasks:
-        args[4 + task % 4] = _peak_task(args[3])
+        args[A.R0 + task % 4] = _peak_task(args[A.REPS])
         task = _next_task(args)
 
 
 @njit(cache=True, nogil=True)
 def peak(reps, n_tasks, launch):
     """Run ``n_tasks`` tasks of ``reps`` tiles (``TILE_P * 64 * TILE_O * 64`` binary MACs each)."""
-    args = np.zeros(8, np.int64)
-    args[3] = reps
+    A = PeakArgs
+    args = np.zeros(A.SIZE, np.int64)
+    args[A.REPS] = reps
     _run_parallel(args, n_tasks, launch, 1 << 30)
-    return args[4]
+    return args[A.R0]
 
 
 #: Task loops of the kernels, compiled to C callbacks on first use (``worker_address``).

@@ -2,15 +2,17 @@
 
 ``PackedBinaryConv2d`` holds ``sign(W)`` as bits (``r2b.packed.bitpack``) plus the float weight
 scale ``alpha`` (``mean|W|`` per output channel, kept from the latent weights; the bits alone have
-lost it). ``PackedHalfBlock`` is the binary ``HalfBlock`` of ``r2b.models.resnet``::
+lost it). ``PackedHalfBlock`` is a binary half block as its model describes it
+(``r2b.models.spec.HalfBlockSpec``)::
 
-    y   = BN(x)                                   compiled, PyTorch's arithmetic (batchnorm.py)
-    g   = gate(y) | learned scale                  PyTorch module
+    y   = pre(x)                                  compiled: BN, learned shift or identity
+    g   = gate(y) | learned scale | 1             PyTorch module
     c   = K - 2 popcount(pack(sign y) XOR bits)    compiled (exact integer)
-    out = PReLU((c * alpha) * g) + shortcut(x)     compiled epilogue; shortcut: PyTorch module
+    v   = post((c * alpha) * g)                    compiled epilogue: BN after the conv or none
+    out = act(v) + shortcut(x) | act(v + shortcut(x))   compiled; act PReLU, RPReLU or none
 
-The BN, sign and packing of block ``i + 1`` run inside block ``i``'s kernel, on the rows it has
-just written. What has a reduction in it (the gate's average pool and linear layers, the
+The pre step, sign and packing of block ``i + 1`` run inside block ``i``'s kernel, on the rows
+it has just written. What has a reduction in it (the gate's average pool and linear layers, the
 downsample's 1x1 conv, the stem conv, the head) is computed by the float model's own modules, so
 the packed network equals the float one bit for bit.
 """
@@ -23,8 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from r2b.errors import UserError
+from r2b.layers import RPReLU
 from r2b.packed import kernels
-from r2b.packed.batchnorm import probe_bn_mode
+from r2b.packed.batchnorm import probe_affine, probe_bn_mode
 from r2b.packed.bitpack import kernel_layout, n_words, pack_bits
 from r2b.packed.kernels import BN_NONE
 from r2b.packed.parallel import launch_info
@@ -132,37 +135,51 @@ class PackedBinaryConv2d(nn.Module):
 
 
 class PackedHalfBlock(nn.Module):
-    """A binary half block with its conv on bits (see the module docstring).
+    """A binary half block (``r2b.models.spec.HalfBlockSpec``) with its conv on bits.
 
-    ``scaling`` is a ``(O,)`` learned scale tensor (strong baseline) or a ``Gate`` module
-    (Real-to-Binary); ``bn``, ``act`` (PReLU) and ``shortcut`` (``None`` for identity) are the
-    float model's modules in eval mode.
+    ``pre``, ``gate``, ``post``, ``act`` and ``shortcut`` are the float model's modules in eval
+    mode (``None`` where the block has none), ``scale`` its learned scale tensor or ``None``.
+    What the compiled epilogue reproduces exactly -- a per-channel affine ``pre`` or ``post``
+    (BatchNorm, learned shift), PReLU / RPReLU -- runs there; any other module makes the block
+    run its float parts in PyTorch around the integer conv (``fused`` is then False), which is
+    still exact, only slower.
     """
 
     def __init__(
         self,
-        bn: nn.Module,
         conv: PackedBinaryConv2d,
-        scaling: torch.Tensor | nn.Module,
-        act: nn.PReLU,
-        shortcut: nn.Module | None,
+        pre: nn.Module | None = None,
+        scale: torch.Tensor | None = None,
+        gate: nn.Module | None = None,
+        post: nn.Module | None = None,
+        act: nn.Module | None = None,
+        act_after_add: bool = False,
+        shortcut: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.bn, self.conv, self.act, self.shortcut = bn, conv, act, shortcut
-        if isinstance(scaling, nn.Module):
-            self.gate, self.scale = scaling, None
-        else:
-            self.gate = None
-            self.register_buffer("scale", scaling.detach().float().cpu())
-        if act.weight.numel() not in (1, conv.out_channels):
-            raise ValueError("PReLU needs one slope or one per output channel")
-        self._slope = np.ascontiguousarray(
-            act.weight.detach().float().expand(conv.out_channels).numpy()
-        )
-        self.bn_mode, self._bn_a, self._bn_b = probe_bn_mode(bn)
+        self.conv, self.pre, self.gate, self.post = conv, pre, gate, post
+        self.act, self.act_after_add, self.shortcut = act, bool(act_after_add), shortcut
+        out_ch = conv.out_channels
+        scale = torch.ones(out_ch) if scale is None else scale
+        self.register_buffer("scale", scale.detach().float().cpu().reshape(out_ch))
+        self.bn_mode, self._bn_a, self._bn_b = probe_affine(pre, conv.in_channels)
+        post_mode, self._post_a, self._post_b = probe_affine(post, out_ch)
+        act_kind, self._act_vectors = _activation(act, out_ch)
+        self.fused = act_kind is not None and (post is None or post_mode != BN_NONE)
+        self._flags = (post_mode if post is not None else BN_NONE, act_kind or 0,
+                       int(self.act_after_add))  # fmt: skip
         self._statics: dict = {}
         self._scales: dict[int, torch.Tensor] = {}
         self._gate_weights = _gate_weights(self.gate)
+
+    @classmethod
+    def from_spec(cls, spec, conv: PackedBinaryConv2d, frozen) -> PackedHalfBlock:
+        """The packed block of a ``HalfBlockSpec``; ``frozen(m)`` copies a module for inference."""
+        return cls(
+            conv, pre=frozen(spec.pre), scale=frozen(spec.scale), gate=frozen(spec.gate),
+            post=frozen(spec.post), act=frozen(spec.act), act_after_add=spec.act_after_add,
+            shortcut=packed_shortcut(frozen(spec.shortcut)),
+        )  # fmt: skip
 
     def _static(self, nxt: PackedHalfBlock | None) -> np.ndarray:
         """The constant arguments of this block's kernel when followed by ``nxt`` (fused)."""
@@ -170,24 +187,25 @@ class PackedHalfBlock(nn.Module):
         if key not in self._statics:
             conv = self.conv
             if nxt is None:
-                flags, bn_a, bn_b = np.zeros(4, np.int64), _NO_F32_1D, _NO_F32_1D
+                fused, bn_a, bn_b = (0, BN_NONE, 0, 0), _NO_F32_1D, _NO_F32_1D
             else:
                 write_y = int(nxt.gate is not None)
-                flags = np.array([1, nxt.bn_mode, nxt.conv.padding, write_y], np.int64)
+                fused = (1, nxt.bn_mode, nxt.conv.padding, write_y)
                 bn_a, bn_b = nxt._bn_a, nxt._bn_b
-            static = kernels.half_static(
-                conv._wt, conv._geo, conv._alpha, self._slope, flags, bn_a, bn_b
-            )
-            self._statics[key] = (static, bn_a, bn_b)  # the arrays stay alive with it
+            vectors = dict(alpha=conv._alpha, post_a=self._post_a, post_b=self._post_b,
+                           bn_a=bn_a, bn_b=bn_b, **self._act_vectors)  # fmt: skip
+            flags = np.array([*self._flags, *fused], np.int64)
+            static = kernels.half_static(conv._wt, conv._geo, vectors, flags)
+            self._statics[key] = (static, vectors)  # the arrays stay alive with it
         return self._statics[key][0]
 
     def prepare(self, x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor | None]:
-        """Packed ``sign(BN(x))`` and, when the gate needs it, ``BN(x)`` itself."""
+        """Packed ``sign(pre(x))`` and, when the gate needs it, ``pre(x)`` itself."""
         n, c, h, w = x.shape
         xp = self.conv.packed_buffer(n, h, w)
         y = torch.empty_like(x) if self.gate is not None else None
         if self.bn_mode == BN_NONE:
-            y = self.bn(x).contiguous()
+            y = self.pre(x).contiguous()
             src, a, b = y, _NO_F32_1D, _NO_F32_1D
         else:
             src, a, b = x, self._bn_a, self._bn_b
@@ -207,13 +225,16 @@ class PackedHalfBlock(nn.Module):
         """This block's output from its input ``x`` and ``prepare(x)``; with the next block
         ``nxt``, also the next block's ``prepare(out)`` (fused into the same kernel)."""
         gain, shortcut = self.float_parts(x, y)
+        if not self.fused:
+            out = self.unfused_part(x, xp, y, shortcut)
+            return (out, None, None) if nxt is None else (out, *nxt.prepare(out))
         return self.binary_part(x, xp, gain, shortcut, nxt)
 
     def float_parts(
         self, x: torch.Tensor, y: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The PyTorch side: per-image channel gain ``(N, O)`` (gate of ``y`` or the learned
-        scale) and the shortcut ``(N, O, OH, OW)``."""
+        """The PyTorch side: per-image channel gain ``(N, O)`` (gate of ``y``, the learned
+        scale, or 1) and the shortcut ``(N, O, OH, OW)``."""
         n = x.shape[0]
         if self._gate_weights is not None:
             w1, w2 = self._gate_weights
@@ -235,7 +256,7 @@ class PackedHalfBlock(nn.Module):
         shortcut: torch.Tensor,
         nxt: PackedHalfBlock | None = None,
     ) -> tuple[torch.Tensor, np.ndarray | None, torch.Tensor | None]:
-        """The compiled side: binary conv, epilogue and (fused) the next block's BN + pack."""
+        """The compiled side: binary conv, epilogue and (fused) the next block's pre + pack."""
         n = x.shape[0]
         conv = self.conv
         oh, ow = conv.output_size(x.shape[2], x.shape[3])
@@ -255,13 +276,54 @@ class PackedHalfBlock(nn.Module):
             xp2, y2 = nxt.prepare(out)
         return out, xp2, y2
 
+    def unfused_part(
+        self, x: torch.Tensor, xp: np.ndarray, y: torch.Tensor | None, shortcut: torch.Tensor
+    ) -> torch.Tensor:
+        """The block around the integer conv in PyTorch, in the float model's order (for a
+        ``post`` or ``act`` the epilogue cannot reproduce)."""
+        oh, ow = self.conv.output_size(x.shape[2], x.shape[3])
+        counts = np.empty((x.shape[0], self.conv.out_channels, oh, ow), dtype=np.int32)
+        kernels.conv_int(xp, self.conv._wt, self.conv._geo, counts, _launch("conv_int"))
+        c = torch.from_numpy(counts).float()
+        if self.conv.has_alpha:
+            c = c * self.conv.alpha.view(1, -1, 1, 1)
+        if self.gate is not None:
+            c = c * self.gate(y)
+        elif self.scale is not None:
+            c = c * self.scale.view(1, -1, 1, 1)
+        if self.post is not None:
+            c = self.post(c)
+        if self.act is None:
+            return c + shortcut
+        if self.act_after_add:
+            return self.act(c + shortcut).contiguous()
+        return (self.act(c) + shortcut).contiguous()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xp, y = self.prepare(x)
         return self.run(x, xp, y)[0]
 
 
+def _activation(act: nn.Module | None, channels: int) -> tuple[int | None, dict]:
+    """The epilogue's activation kind and per-channel ``slope``, ``shift_in``, ``shift_out``
+    for ``act`` (``None``, a PReLU, an ``RPReLU``); kind ``None`` for a module it cannot run."""
+    zeros = np.zeros(channels, np.float32)
+    ones = np.ones(channels, np.float32)
+    if act is None:
+        return kernels.ACT_NONE, dict(slope=ones, shift_in=zeros, shift_out=zeros)
+    weight = getattr(act, "weight", None)
+    if not isinstance(act, (nn.PReLU, RPReLU)) or weight.numel() not in (1, channels):
+        return None, dict(slope=ones, shift_in=zeros, shift_out=zeros)
+    slope = np.ascontiguousarray(weight.detach().float().expand(channels).numpy())
+    if isinstance(act, nn.PReLU):
+        return kernels.ACT_PRELU, dict(slope=slope, shift_in=zeros, shift_out=zeros)
+    shifts = {k: np.ascontiguousarray(getattr(act, k).detach().float().numpy())
+              for k in ("shift_in", "shift_out")}  # fmt: skip
+    return kernels.ACT_RPRELU, dict(slope=slope, **shifts)
+
+
 class PackedStem(nn.Module):
-    """The float stem ``conv -> BN -> PReLU [-> max-pool]`` with BN, PReLU and pool compiled.
+    """The float stem ``conv -> BN [-> PReLU] [-> max-pool]`` with BN, PReLU and pool compiled.
 
     The conv runs in PyTorch. Its channels-last variant is several times faster on CPU but is not
     always the same arithmetic (PyTorch picks other algorithms for some shapes), so for each input
@@ -269,11 +331,15 @@ class PackedStem(nn.Module):
     are bit-identical.
     """
 
-    def __init__(self, conv: nn.Conv2d, bn: nn.Module, act: nn.PReLU, pool: nn.Module | None):
+    def __init__(
+        self, conv: nn.Conv2d, bn: nn.Module, act: nn.PReLU | None, pool: nn.Module | None
+    ) -> None:
         super().__init__()
         self.conv, self.bn, self.act, self.pool = conv, bn, act, pool
         channels = conv.out_channels
-        self._slope = np.ascontiguousarray(act.weight.detach().float().expand(channels).numpy())
+        # no activation: slope 1, and ``v > 0 ? v : 1 * v`` is ``v``
+        slope = torch.ones(channels) if act is None else act.weight.detach().float()
+        self._slope = np.ascontiguousarray(slope.expand(channels).numpy())
         self.bn_mode, self._bn_a, self._bn_b = probe_bn_mode(bn)
         self._pool = _pool_params(pool)
         self._channels_last_exact: dict[tuple, bool] = {}
@@ -304,7 +370,7 @@ class PackedStem(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self._conv(x)
         if self.bn_mode == BN_NONE or self._pool is None:
-            out = self.act(self.bn(c))
+            out = self.bn(c) if self.act is None else self.act(self.bn(c))
             return (out if self.pool is None else self.pool(out)).contiguous()
         nhwc = c.permute(0, 2, 3, 1)
         if not nhwc.is_contiguous():

@@ -2,6 +2,7 @@
 
     python benchmarks/run_c10_mini.py                 # 2 seeds, CPU, resumes where it stopped
     python benchmarks/run_c10_mini.py --parallel 2    # seeds side by side (a GPU machine)
+    python benchmarks/run_c10_mini.py --pipeline families   # the Bi-Real Net and ReActNet rows
 
 Each seed is one ``r2b train`` pipeline (benchmarks/c10_mini/pipeline.yaml) in
 ``--runs/seed<S>``; a killed benchmark continues with ``--resume`` on the next call, stage by
@@ -31,7 +32,6 @@ from common import git_commit, machine, unpack_cifar10
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-CONFIG = HERE / "c10_mini" / "pipeline.yaml"
 RESULTS = HERE / "results"
 
 #: Table rows: (label, stages in order, paper CIFAR-100 stage-1 -> stage-2 top-1 of Table 3).
@@ -43,14 +43,30 @@ ROWS = [
     ("Real-to-Bin", ["r2b_fp", "r2b_ban", "r2b_bnn"], (76.5, 76.2)),
 ]
 
+#: The other binary families (issue 11), one pipeline with its own teacher (same seed and recipe):
+#: no CIFAR-100 figures in the Real-to-Bin paper; their ImageNet top-1 are in the README.
+FAMILY_ROWS = [
+    ("real ResNet-18", ["teacher"], (78.3,)),
+    ("Bi-Real Net", ["bireal_fp", "bireal_bnn"], ()),
+    ("ReActNet", ["react_ban", "react_bnn"], ()),
+]
 
-def train_command(seed: int, run_dir: Path, data: Path, extra: list[str]) -> list[str]:
+#: ``--pipeline``: (config, rows, results name).
+PIPELINES = {
+    "table3": (HERE / "c10_mini" / "pipeline.yaml", ROWS, "c10_mini"),
+    "families": (HERE / "c10_mini" / "families.yaml", FAMILY_ROWS, "c10_mini_families"),
+}
+
+
+def train_command(
+    seed: int, run_dir: Path, data: Path, extra: list[str], config: Path = PIPELINES["table3"][0]
+) -> list[str]:
     """The ``r2b train`` call for one seed: a new run, or ``--resume`` of a started one."""
     cmd = [sys.executable, "-m", "r2b.cli", "train", "--out", str(run_dir)]
     if (run_dir / "config.yaml").is_file():
         return cmd + ["--resume"]
     sets = [f"seed={seed}", f"data.root={data}", *extra]
-    return cmd + ["--config", str(CONFIG)] + [a for s in sets for a in ("--set", s)]
+    return cmd + ["--config", str(config)] + [a for s in sets for a in ("--set", s)]
 
 
 def run_seeds(args, data: Path) -> None:
@@ -61,7 +77,7 @@ def run_seeds(args, data: Path) -> None:
         while pending and len(running) < args.parallel:
             seed = pending.pop(0)
             run_dir = args.runs / f"seed{seed}"
-            cmd = train_command(seed, run_dir, data, args.set)
+            cmd = train_command(seed, run_dir, data, args.set, args.config)
             print("$", shlex.join(cmd), flush=True)
             log = open(args.runs / f"seed{seed}.log", "a")
             running.append((seed, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)))
@@ -81,7 +97,7 @@ def collect(args) -> dict:
         res = json.loads((args.runs / f"seed{seed}" / "results.json").read_text())
         per_seed[seed] = {s["name"]: s for s in res["stages"]}
     rows = []
-    for label, stages, paper in ROWS:
+    for label, stages, paper in args.rows:
         rows.append({
             "row": label,
             "paper_cifar100_top1": list(paper),
@@ -99,7 +115,7 @@ def collect(args) -> dict:
         })  # fmt: skip
     return {
         "benchmark": "c10_mini",
-        "config": str(CONFIG.relative_to(REPO)),
+        "config": str(args.config.relative_to(REPO)),
         "command": args.command,
         "commit": git_commit(),
         "machine": machine(),
@@ -142,7 +158,7 @@ def markdown(result: dict) -> str:
     for row in result["rows"]:
         cells = {s["variant"]: _mean_spread(s["top1"]) for s in row["stages"]}
         final = _mean(row["stages"][-1]["top1"])
-        paper = " → ".join(f"{p:.1f}" for p in row["paper_cifar100_top1"])
+        paper = " → ".join(f"{p:.1f}" for p in row["paper_cifar100_top1"]) or "—"
         if row["stages"][0]["variant"] == "real":
             lines.append(f"| {row['row']} | {cells['real']} (real) | | | | {paper} |")
             continue
@@ -151,8 +167,9 @@ def markdown(result: dict) -> str:
             f"{cells.get('bnn', '')} | {final - real:+.2f} | {paper} |"
         )
     by_row = {r["row"]: _mean(r["stages"][-1]["top1"]) for r in result["rows"]}
-    gap = by_row["Real-to-Bin"] - by_row["strong baseline (SB)"]
-    lines += ["", f"Real-to-Bin bnn − strong baseline bnn: **{gap:+.2f}** points of top-1."]
+    if "Real-to-Bin" in by_row and "strong baseline (SB)" in by_row:
+        gap = by_row["Real-to-Bin"] - by_row["strong baseline (SB)"]
+        lines += ["", f"Real-to-Bin bnn − strong baseline bnn: **{gap:+.2f}** points of top-1."]
     hours = [h / 3600 for h in _training_seconds(result)]
     lines.append(
         "Training time per seed (sum of its stages, seeds side by side): "
@@ -189,21 +206,25 @@ def plot(result: dict, out_png: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--runs", type=Path, default=REPO / "benchmarks" / "runs" / "c10_mini")
+    p.add_argument("--pipeline", choices=sorted(PIPELINES), default="table3",
+                   help="table3: the paper's Table 3 rows (default); families: Bi-Real, ReActNet")
+    p.add_argument("--runs", type=Path, default=None, help="run folders (benchmarks/runs/NAME)")
     p.add_argument("--data", type=Path, default=None, help="folder with train/ and test/")
     p.add_argument("--parallel", type=int, default=1, help="seeds trained at the same time")
     p.add_argument("--set", action="append", default=[], help="extra config override")
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args()
     args.command = shlex.join(["python", "benchmarks/run_c10_mini.py", *sys.argv[1:]])
+    args.config, args.rows, name = PIPELINES[args.pipeline]
+    args.runs = args.runs or REPO / "benchmarks" / "runs" / name
     data = args.data or unpack_cifar10()
     args.runs.mkdir(parents=True, exist_ok=True)
     run_seeds(args, data)
     result = collect(args)
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "c10_mini.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.results / "c10_mini.md").write_text(markdown(result))
-    plot(result, args.results / "c10_mini.png")
+    (args.results / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.results / f"{name}.md").write_text(markdown(result))
+    plot(result, args.results / f"{name}.png")
     print(markdown(result))
 
 

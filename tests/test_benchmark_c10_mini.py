@@ -18,10 +18,12 @@ sys.path.insert(0, str(BENCH))
 import run_c10_mini  # noqa: E402
 
 
-def test_pipeline_has_every_row_of_the_table_in_order():
-    cfg = load_config(run_c10_mini.CONFIG, ["data.root=/nonexistent"])
+@pytest.mark.parametrize("pipeline", sorted(run_c10_mini.PIPELINES))
+def test_pipeline_has_every_row_of_the_table_in_order(pipeline):
+    config, rows, _ = run_c10_mini.PIPELINES[pipeline]
+    cfg = load_config(config, ["data.root=/nonexistent"])
     names = [s.name for s in cfg.stages]
-    for _, stages, _ in run_c10_mini.ROWS:
+    for _, stages, _ in rows:
         assert all(name in names for name in stages)
         assert [names.index(n) for n in stages] == sorted(names.index(n) for n in stages)
     assert {s.model.stem for s in cfg.stages} == {"cifar"}
@@ -29,8 +31,25 @@ def test_pipeline_has_every_row_of_the_table_in_order():
     assert len({s.epochs for s in cfg.stages}) == 1, "every stage gets the same epochs"
 
 
+def test_family_rows_follow_their_papers_two_steps():
+    cfg = load_config(run_c10_mini.PIPELINES["families"][0], ["data.root=/nonexistent"])
+    stage = cfg.stage
+    # Bi-Real Net: real-valued pre-training of the same blocks, then fully binary, CE only
+    assert [stage(n).model.stage for n in ("bireal_fp", "bireal_bnn")] == ["fp", "bnn"]
+    assert stage("bireal_bnn").init_from == "bireal_fp"
+    assert stage("bireal_bnn").teacher is None and stage("bireal_bnn").loss.kd == 0
+    # ReActNet: binary activations, then binary weights; the distributional loss alone
+    assert [stage(n).model.stage for n in ("react_ban", "react_bnn")] == ["ban", "bnn"]
+    assert stage("react_bnn").init_from == "react_ban"
+    for name in ("react_ban", "react_bnn"):
+        s = stage(name)
+        assert s.teacher == "teacher" and (s.loss.ce, s.loss.kd, s.loss.att) == (0.0, 1.0, 0.0)
+    assert stage("react_ban").model.name == "reactnet_resnet18"
+    assert stage("bireal_fp").model.name == "bireal_resnet18"
+
+
 def test_rows_follow_the_paper_recipes():
-    cfg = load_config(run_c10_mini.CONFIG, ["data.root=/nonexistent"])
+    cfg = load_config(run_c10_mini.PIPELINES["table3"][0], ["data.root=/nonexistent"])
     stage = cfg.stage
     # the strong baseline is trained without any teacher; ban initialises bnn
     assert stage("sb_ban").teacher is None and stage("sb_bnn").teacher is None
@@ -69,7 +88,9 @@ def test_table_reports_mean_spread_and_gaps(tmp_path):
     seed0 = {n: 50.0 for n in stages} | {"teacher": 70.0, "sb_bnn": 55.0, "r2b_bnn": 60.0}
     seed1 = {n: 50.0 for n in stages} | {"teacher": 72.0, "sb_bnn": 57.0, "r2b_bnn": 64.0}
     _write_runs(tmp_path, {0: seed0, 1: seed1})
-    args = Namespace(runs=tmp_path, seeds=[0, 1], command="python benchmarks/run_c10_mini.py")
+    config = run_c10_mini.PIPELINES["table3"][0]
+    args = Namespace(runs=tmp_path, seeds=[0, 1], command="python benchmarks/run_c10_mini.py",
+                     config=config, rows=run_c10_mini.ROWS)  # fmt: skip
     result = run_c10_mini.collect(args)
     sb = next(r for r in result["rows"] if r["row"] == "strong baseline (SB)")
     assert sb["stages"][-1]["top1"] == [55.0, 57.0]

@@ -2,8 +2,9 @@
 
 Counted per image, by running one forward pass with hooks on the leaf layers:
 
-- **binary parameters**: weights of binary convolutions (``BinaryConv2d.is_binary``: both the
-  input and the weights are exactly +-1). Stored as 1 bit each.
+- **binary parameters**: weights of the binary convolutions of the model's description
+  (``model.spec()``) whose input and weights are both exactly +-1 (``BinaryConv2d.is_binary``).
+  Stored as 1 bit each.
 - **real parameters**: every other *trainable* parameter (convs, linear layers, BatchNorm's
   gamma and beta, PReLU slopes, learned scales, gates). BatchNorm's running statistics are buffers
   and are not counted, as in larq's summary. Stored as float32.
@@ -24,8 +25,6 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
-
-from r2b.layers import BinaryConv2d
 
 MIB = 2**20
 
@@ -62,8 +61,13 @@ class Summary:
     totals: Totals | None = None
 
 
-def _is_binary_conv(m: nn.Module) -> bool:
-    return isinstance(m, BinaryConv2d) and m.is_binary
+def binary_conv_ids(model: nn.Module) -> set[int]:
+    """``id`` of every binary conv of ``model`` whose inputs and weights are both +-1, from the
+    model's description (``model.spec()``, ``r2b.models.spec``); none for a real model."""
+    spec = getattr(model, "spec", None)
+    if not callable(spec):
+        return set()
+    return {id(c) for c in spec().binary_convs() if c.is_binary}
 
 
 def _macs(m: nn.Module, out: torch.Tensor) -> int:
@@ -75,11 +79,11 @@ def _macs(m: nn.Module, out: torch.Tensor) -> int:
     return 0
 
 
-def _row(name: str, m: nn.Module, out: torch.Tensor) -> LayerRow:
+def _row(name: str, m: nn.Module, out: torch.Tensor, binary: bool) -> LayerRow:
     own = [p for p in m.parameters(recurse=False) if p.requires_grad]
     n_params = sum(p.numel() for p in own)
     row = LayerRow(name, type(m).__name__, tuple(out.shape[1:]))
-    if _is_binary_conv(m):
+    if binary:
         row.binary_params = m.weight.numel()
         row.real_params = n_params - m.weight.numel()
         row.bops = _macs(m, out)
@@ -102,11 +106,12 @@ def summarize(model: nn.Module, input_size: int = 224) -> Summary:
     """Count every layer of ``model`` for one ``3 x input_size x input_size`` image."""
     rows: dict[str, LayerRow] = {}
     handles = []
+    binary = binary_conv_ids(model)
     for name, m in _counted_modules(model):
 
         def hook(mod, _inp, out, name=name):
             if name not in rows:  # a module called twice (none here) is counted once
-                rows[name] = _row(name, mod, out)
+                rows[name] = _row(name, mod, out, id(mod) in binary)
 
         handles.append(m.register_forward_hook(hook))
     was_training = model.training
@@ -173,7 +178,7 @@ def summary_command(args) -> str:
 
 def _model_from_args(args) -> tuple[nn.Module, int]:
     from r2b.errors import UserError
-    from r2b.models import create_model, list_models
+    from r2b.models import create_model, is_binary_family, list_models
 
     kwargs = {
         k: v
@@ -186,8 +191,8 @@ def _model_from_args(args) -> tuple[nn.Module, int]:
     }
     if args.model in list_models():
         if args.stage is not None:
-            if args.model == "resnet18":
-                raise UserError("resnet18 is real-valued and has no --stage; drop the option")
+            if not is_binary_family(args.model):
+                raise UserError(f"{args.model} is real-valued and has no --stage; drop the option")
             kwargs["stage"] = args.stage
         return create_model(args.model, **kwargs), args.input_size
     from pathlib import Path

@@ -2,7 +2,10 @@
 
 Subcommands register through ``COMMANDS``: a list of ``(add_parser, run)`` pairs, where
 ``add_parser(subparsers)`` adds the subcommand's parser and sets ``func=run`` on it.
-A ``UserError`` becomes one line on stderr and exit status 2, without a traceback.
+A ``UserError`` becomes one line on stderr and its exit status (2; 3 for a diverged run, 128 +
+the signal for a run stopped by SIGTERM/SIGINT), without a traceback. Command-line mistakes that
+argparse finds (an unknown flag, ``--batch-size x``) are UserErrors too: one line naming the flag,
+not argparse's usage block.
 """
 
 from __future__ import annotations
@@ -11,6 +14,13 @@ import argparse
 import sys
 
 from r2b.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one-line ``UserError``s (subparsers inherit it)."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message}; see `{self.prog} --help`")
 
 
 def _add_summary(sub: argparse._SubParsersAction) -> None:
@@ -64,7 +74,7 @@ def _command_table() -> list:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="r2b",
         description="Binary neural networks with Real-to-Binary convolutions (ICLR 2020).",
     )
@@ -79,15 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
         argv = ["train"] if "train" in parser._subparsers._group_actions[0].choices else ["-h"]
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
     try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
         return int(args.func(args) or 0)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        message = " ".join(str(err).split("\n"))  # one line, whatever the message holds
+        print(f"{err.label}: {message}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -27,6 +27,7 @@ Every problem raises ``r2b.errors.UserError`` naming the key and what to do.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -43,6 +44,7 @@ ATTENTION_FORMS = ("paper", "larq")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("step", "cosine")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
+ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
@@ -148,6 +150,11 @@ class DataConfig:
     eval_batch_size: int = 500  # images per evaluation batch
     train_limit: int | None = None  # use only N training images (class-balanced subset)
     test_limit: int | None = None  # use only N test images
+    # hold out this fraction of each class's training images (after train_limit; which ones is
+    # fixed by the seed) as a validation split: best.safetensors, and so every teacher, is then
+    # the epoch of best validation top-1, and the test split is only reported. 0 (default): no
+    # validation split, the best epoch is chosen on test top-1 (as before this field existed).
+    val_fraction: float = 0.0
 
 
 @dataclass
@@ -424,13 +431,116 @@ def _check_choice(value, choices, where: str) -> None:
     _check(value in choices, f"config key {where} is {value!r}; choose one of {', '.join(choices)}")
 
 
+def _check_finite(node, where: str = "") -> None:
+    """Every float anywhere in a config is a finite number (NaN passes every ``>`` test)."""
+    if dataclasses.is_dataclass(node):
+        for f in dataclasses.fields(node):
+            _check_finite(getattr(node, f.name), f"{where}.{f.name}" if where else f.name)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_finite(v, f"{where}[{i}]")
+    elif isinstance(node, float):
+        _check(math.isfinite(node), f"config key {where} is {node}; give a finite number")
+
+
+def _check_at_least(value, low: int, where: str, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    also = " or null" if optional else ""
+    _check(value >= low, f"config key {where} is {value}; give an integer >= {low}{also}")
+
+
+def _validate_run(cfg: PipelineConfig) -> None:
+    """Checks of the keys outside ``stages``: name, seed, data, runtime, report."""
+    from r2b.data import DATASETS
+
+    _check(
+        bool(_NAME_RE.match(cfg.name)),
+        f"config key name is {cfg.name!r}; use letters, digits, '_', '-' or '.' (it names the "
+        "run folder)",
+    )
+    _check(cfg.seed >= 0, f"config key seed is {cfg.seed}; give an integer >= 0")
+    d = cfg.data
+    _check_choice(d.name, DATASETS, "data.name")
+    _check_at_least(d.image_size, 1, "data.image_size", optional=True)
+    _check_at_least(d.num_workers, 0, "data.num_workers")
+    _check_at_least(d.eval_batch_size, 1, "data.eval_batch_size")
+    _check_at_least(d.train_limit, 1, "data.train_limit", optional=True)
+    _check_at_least(d.test_limit, 1, "data.test_limit", optional=True)
+    _check(
+        0 <= d.val_fraction < 1,
+        f"config key data.val_fraction is {d.val_fraction}; give a fraction in [0, 1), e.g. 0.1 "
+        "(0 = no validation split)",
+    )
+    r = cfg.runtime
+    _check_choice(r.accelerator, ACCELERATORS, "runtime.accelerator")
+    _check_choice(r.precision, PRECISIONS, "runtime.precision")
+    _check_at_least(r.num_threads, 1, "runtime.num_threads", optional=True)
+    if isinstance(r.devices, int):
+        _check_at_least(r.devices, 1, "runtime.devices")
+    _check_at_least(cfg.report.attention_images, 0, "report.attention_images")
+
+
+def _validate_optim(s: StageConfig, w: str) -> None:
+    o = s.optim
+    _check_choice(o.name, OPTIMIZERS, f"{w}.optim.name")
+    _check(o.lr > 0, f"config key {w}.optim.lr must be positive")
+    _check(o.weight_decay >= 0, f"config key {w}.optim.weight_decay must be 0 or more")
+    _check(len(o.betas) == 2, f"config key {w}.optim.betas must hold two numbers")
+    _check(
+        all(0 <= b < 1 for b in o.betas),
+        f"config key {w}.optim.betas is {o.betas}; each must be in [0, 1), e.g. [0.9, 0.999]",
+    )
+    _check(
+        0 <= o.momentum < 1,
+        f"config key {w}.optim.momentum is {o.momentum}; give a number in [0, 1), e.g. 0.9",
+    )
+    _check(
+        o.clip_weights is None or o.clip_weights > 0,
+        f"config key {w}.optim.clip_weights must be positive or null",
+    )
+    sc = s.schedule
+    _check_choice(sc.kind, SCHEDULES, f"{w}.schedule.kind")
+    _check(sc.warmup_epochs >= 0, f"config key {w}.schedule.warmup_epochs must be >= 0")
+    _check(
+        sc.gamma > 0,
+        f"config key {w}.schedule.gamma is {sc.gamma}; give a positive factor, e.g. 0.1",
+    )
+    _check(
+        sc.milestones == sorted(sc.milestones) and all(m >= 0 for m in sc.milestones),
+        f"config key {w}.schedule.milestones must be epochs >= 0 in increasing order",
+    )
+
+
+def _validate_augment(s: StageConfig, w: str) -> None:
+    from r2b.data import AUGMENTS
+
+    a = s.augment
+    known = sorted({op for ops in AUGMENTS.values() for op in ops})
+    for op in a.ops or []:
+        _check(
+            op in known,
+            f"config key {w}.augment.ops names {op!r}; choose from {', '.join(known)} "
+            "(crop, flip, rotate for CIFAR-size images; crop, flip, jitter for ImageNet-size)",
+        )
+    _check(a.pad >= 0, f"config key {w}.augment.pad is {a.pad}; give pixels >= 0")
+    _check(a.degrees >= 0, f"config key {w}.augment.degrees is {a.degrees}; give degrees >= 0")
+    _check(0 <= a.jitter <= 1, f"config key {w}.augment.jitter is {a.jitter}; give 0 to 1")
+    _check(a.mixup >= 0, f"config key {w}.augment.mixup must be 0 or more")
+
+
 def validate(cfg: PipelineConfig) -> None:
-    """Checks beyond types: names, references to earlier stages, ranges and choices."""
+    """Checks beyond types: names, references to earlier stages, ranges and choices.
+
+    Every stage is checked here, before anything trains, so a mistake in the last stage does not
+    cost the earlier stages' training time. What needs the data (augmentations that fit its
+    kind, batch sizes against its size) is checked by the pipeline right after loading it.
+    """
     from r2b.models import list_models
 
     _check(bool(cfg.stages), "the config has no stages; add at least one under `stages:`")
-    _check(cfg.data.eval_batch_size >= 1, "config key data.eval_batch_size must be at least 1")
-    _check_choice(cfg.runtime.precision, PRECISIONS, "runtime.precision")
+    _check_finite(cfg)
+    _validate_run(cfg)
     seen: list[str] = []
     for i, s in enumerate(cfg.stages):
         w = f"stages[{i}]"
@@ -472,23 +582,15 @@ def validate(cfg: PipelineConfig) -> None:
         for k in ("ce", "kd", "att"):
             _check(getattr(s.loss, k) >= 0, f"config key {w}.loss.{k} must be 0 or more")
         _check(
+            s.loss.ce + s.loss.kd + s.loss.att > 0,
+            f"config key {w}.loss: ce, kd and att are all 0, so nothing would be learned; give "
+            "ce a positive weight",
+        )
+        _check(
             s.teacher is not None or (s.loss.kd == 0 and s.loss.att == 0),
             f"stage {s.name!r} has kd/att loss weights but no teacher; set {w}.teacher to an "
             "earlier stage or the weights to 0",
         )
-        _check_choice(s.optim.name, OPTIMIZERS, f"{w}.optim.name")
-        _check(s.optim.lr > 0, f"config key {w}.optim.lr must be positive")
-        _check(s.optim.weight_decay >= 0, f"config key {w}.optim.weight_decay must be 0 or more")
-        _check(len(s.optim.betas) == 2, f"config key {w}.optim.betas must hold two numbers")
-        _check(
-            s.optim.clip_weights is None or s.optim.clip_weights > 0,
-            f"config key {w}.optim.clip_weights must be positive or null",
-        )
-        _check_choice(s.schedule.kind, SCHEDULES, f"{w}.schedule.kind")
-        _check(s.schedule.warmup_epochs >= 0, f"config key {w}.schedule.warmup_epochs must be >= 0")
-        _check(
-            s.schedule.milestones == sorted(s.schedule.milestones),
-            f"config key {w}.schedule.milestones must be in increasing order",
-        )
-        _check(s.augment.mixup >= 0, f"config key {w}.augment.mixup must be 0 or more")
+        _validate_optim(s, w)
+        _validate_augment(s, w)
         seen.append(s.name)

@@ -108,13 +108,13 @@ def test_training_state_restores_optimizer_rng_and_progress(tmp_path):
     random.seed(5)
     np.random.seed(6)
     path = tmp_path / "state.safetensors"
-    save_training_state(path, model, opt, {"epoch": 2, "history": [{"epoch": 1}]})
+    save_training_state(path, model, opt, {"epoch": 2, "step": 4, "history": [{"epoch": 1}]})
     expected = (torch.rand(3), random.random(), np.random.rand())
 
     model2 = tiny("bnn")
     opt2 = torch.optim.Adam(model2.parameters(), lr=5.0)
     progress = load_training_state(path, model2, opt2)
-    assert progress == {"epoch": 2, "history": [{"epoch": 1}]}
+    assert progress == {"epoch": 2, "step": 4, "history": [{"epoch": 1}]}
     after = (torch.rand(3), random.random(), np.random.rand())
     assert torch.equal(after[0], expected[0]) and after[1:] == expected[1:]
     for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
@@ -137,7 +137,7 @@ def test_state_file_is_also_a_weights_file(tmp_path):
     model = tiny("ban")
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     path = tmp_path / "state.safetensors"
-    save_training_state(path, model, opt, {"epoch": 1})
+    save_training_state(path, model, opt, {"epoch": 1, "step": 1, "history": []})
     loaded, _ = load_model(path)
     assert loaded.arch == model.arch
 

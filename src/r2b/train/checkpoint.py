@@ -14,14 +14,21 @@ Two kinds of file (DESIGN.md "On disk"):
   (tensor entries of the optimiser's per-parameter state), ``rng.torch`` / ``rng.cuda.<d>`` /
   ``rng.numpy`` (generator states). Metadata ``state`` (JSON): epoch, optimiser step, best
   accuracy, per-epoch history, the optimiser's ``param_groups`` and non-tensor per-parameter
-  entries, Python's and numpy's scalar RNG state.
+  entries, Python's and numpy's scalar RNG state. Optional ``extra.<name>`` tensors hold what a
+  stage stopped in the middle of an epoch needs to continue it (``r2b.train.loop``).
 
 Every write goes to ``<name>.tmp`` in the same folder, is flushed to disk, then ``os.replace``-d
-over the target, so a killed process leaves either the old file or the new one, never half.
+over the target, so a killed process leaves either the old file or the new one, never half. A
+write that fails (disk full, file-size limit, read-only folder) removes its ``.tmp`` and raises a
+``UserError`` naming the file; the file it was to replace is left as it was.
+
+Files are checked before use: a file that cannot be read, is not safetensors, or whose JSON
+records miss keys or hold the wrong types is a ``UserError`` that says which, never a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -45,14 +52,27 @@ VERSION = "1"
 
 
 def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (never a half file)."""
+    """Write ``data`` to ``path`` through a temporary file and a rename (never a half file).
+
+    On failure (``OSError``: no space, file too large, permission) the temporary file is removed
+    and a ``UserError`` names the file and the reason; an older ``path`` stays untouched.
+    """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        kept = f"; the previous {path.name} is unchanged" if path.is_file() else ""
+        raise UserError(
+            f"cannot write {path} ({err.strerror or err}); free disk space or write to another "
+            f"folder (--out){kept}"
+        ) from None
 
 
 def _cpu_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -63,9 +83,14 @@ def _read(path: str | Path, what: str) -> tuple[dict[str, torch.Tensor], dict[st
     """Tensors and metadata of a safetensors file; UserError if missing, truncated or corrupt."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{what} {path} does not exist; check the path")
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise UserError(f"{what} {path} {problem}; check the path")
     try:
         data = path.read_bytes()
+    except OSError as err:
+        reason = err.strerror or err
+        raise UserError(f"cannot read {what} {path} ({reason}); check its permissions") from None
+    try:
         tensors = st_load(data)
         header_len = int.from_bytes(data[:8], "little")
         header = json.loads(data[8 : 8 + header_len])
@@ -78,13 +103,25 @@ def _read(path: str | Path, what: str) -> tuple[dict[str, torch.Tensor], dict[st
     return tensors, metadata
 
 
-def _json_meta(metadata: dict[str, str], key: str, path: Path, what: str) -> Any:
+def _json_meta(metadata: dict[str, str], key: str, path: Path, what: str, kind=dict) -> Any:
+    """The JSON record ``key`` of a file's metadata, which must be a ``kind`` (a JSON object)."""
     try:
-        return json.loads(metadata[key])
-    except (KeyError, ValueError):
+        value = json.loads(metadata[key])
+    except (KeyError, ValueError, TypeError):
+        value = None
+    if not isinstance(value, kind):
         raise UserError(
-            f"{what} {path} has no valid {key!r} record; it was not written by r2b train"
-        ) from None
+            f"{what} {path} has no valid {key!r} record; it was not written by r2b train "
+            "(or was edited): use a checkpoint that r2b wrote"
+        )
+    return value
+
+
+def _malformed(path: Path, what: str, detail: str) -> UserError:
+    return UserError(
+        f"{what} {path} has a malformed record ({detail}); it was not written by this r2b: "
+        "use a checkpoint that r2b wrote, or delete it to retrain that stage"
+    )
 
 
 # --------------------------------------------------------------------------- weights
@@ -114,6 +151,8 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, dict]
             "give a best.safetensors or last.safetensors written by r2b train"
         )
     arch = _json_meta(meta, "arch", path, "checkpoint")
+    if not isinstance(arch.get("name"), str):
+        raise _malformed(path, "checkpoint", "arch.name is not a model name")
     info = _json_meta(meta, "info", path, "checkpoint") if "info" in meta else {}
     if meta["format"] == STATE_FORMAT:
         tensors = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -231,10 +270,12 @@ def save_training_state(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     progress: dict,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Everything needed to continue a stage exactly: weights, optimiser, RNGs and ``progress``.
 
-    ``progress`` is a JSON-able dict (epoch, step, best accuracy, history, ...).
+    ``progress`` is a JSON-able dict (epoch, step, best accuracy, history, ...); ``extra`` are
+    further tensors (stored as ``extra.<name>``, given back by ``load_training_state``).
     """
     model_tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     optim_tensors, optim_record = _split_optimizer(optimizer.state_dict())
@@ -246,8 +287,13 @@ def save_training_state(
         "arch": json.dumps(getattr(model, "arch", {})),
         "state": json.dumps(record),
     }
-    tensors = _cpu_tensors({**model_tensors, **optim_tensors, **rng_tensors})
+    extra_tensors = {f"extra.{k}": v for k, v in (extra or {}).items()}
+    tensors = _cpu_tensors({**model_tensors, **optim_tensors, **rng_tensors, **extra_tensors})
     atomic_write(path, st_save(tensors, metadata=metadata))
+
+
+#: progress keys every state file has, and their JSON types
+PROGRESS_KEYS = {"epoch": int, "step": int, "history": list}
 
 
 def load_training_state(
@@ -255,25 +301,41 @@ def load_training_state(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     restore_rng: bool = True,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> dict:
-    """Load a ``save_training_state`` file into ``model`` and ``optimizer``; returns progress."""
+    """Load a ``save_training_state`` file into ``model`` and ``optimizer``; returns progress.
+
+    When ``extra`` is a dict it receives the file's extra tensors (names without ``extra.``).
+    """
     path = Path(path)
-    tensors, meta = _read(path, "training state")
+    what = "training state"
+    tensors, meta = _read(path, what)
     if meta.get("format") != STATE_FORMAT:
         raise UserError(
             f"training state {path} is not an r2b state file; delete the run or retrain"
         )
-    arch = _json_meta(meta, "arch", path, "training state")
-    record = _json_meta(meta, "state", path, "training state")
+    arch = _json_meta(meta, "arch", path, what)
+    record = _json_meta(meta, "state", path, what)
+    progress = record.get("progress")
+    if not isinstance(progress, dict):
+        raise _malformed(path, what, "no progress record")
+    for key, kind in PROGRESS_KEYS.items():
+        if not isinstance(progress.get(key), kind) or isinstance(progress.get(key), bool):
+            raise _malformed(path, what, f"progress.{key} is not a JSON {kind.__name__}")
     model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     load_state_into(model, model_state, path, arch)
     try:
         optimizer.load_state_dict(_join_optimizer(tensors, record["optimizer"]))
-    except (KeyError, ValueError) as err:
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError) as err:
         raise UserError(
-            f"training state {path} does not fit this stage's optimiser ({err}); "
-            "resume with the run's own config"
+            f"training state {path} does not fit this stage's optimiser "
+            f"({type(err).__name__}: {err}); resume with the run's own config"
         ) from None
     if restore_rng:
-        _set_rng_state(tensors, record["rng"])
-    return record["progress"]
+        try:
+            _set_rng_state(tensors, record["rng"])
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as err:
+            raise _malformed(path, what, f"random-generator state: {type(err).__name__}") from None
+    if extra is not None:
+        extra.update({k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")})
+    return progress

@@ -29,6 +29,8 @@ API (details in each module):
 - ``BatchAugment``, ``build_augment(dataset, train, augment=None, image_size=None, seed=0,
   **options)``, ``DEFAULT_AUGMENT``, ``mixup(x, y, alpha, num_classes, generator=None)``,
   ``mixup_params``, ``color_jitter`` (``r2b.data.augment``).
+- ``limit(dataset, n)`` (class-balanced subset), ``validation_split(dataset, fraction, seed)``
+  -> ``(train, val)`` (class-balanced, fixed by the seed), ``take`` (``r2b.data.splits``).
 - Normalisation constants ``CIFAR_MEAN``, ``CIFAR_STD``, ``CIFAR100_MEAN``, ``CIFAR100_STD``,
   ``IMAGENET_MEAN``, ``IMAGENET_STD``, ``MEAN_STD`` (``r2b.data.stats``).
 """
@@ -46,6 +48,7 @@ from r2b.data.datasets import DATASETS, build_dataset, num_classes
 from r2b.data.folder import FolderStream
 from r2b.data.loader import EpochLoader, EpochSampler, build_loader, epoch_order
 from r2b.data.memory import InMemoryImageDataset
+from r2b.data.splits import limit, take, validation_split
 from r2b.data.stats import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -81,7 +84,10 @@ __all__ = [
     "build_loader",
     "color_jitter",
     "epoch_order",
+    "limit",
     "mixup",
     "mixup_params",
     "num_classes",
+    "take",
+    "validation_split",
 ]

@@ -80,10 +80,14 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 def _load_pickle(path: Path) -> dict:
     """Load one CIFAR file; keys are returned as ``str`` whatever the pickle stored."""
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except OSError as err:
+        raise UserError(f"cannot read {path} ({err.strerror}); check its permissions") from None
+    with f:
         try:
             obj = _ArrayUnpickler(f, encoding="latin1").load()
-        except (pickle.UnpicklingError, EOFError, ValueError) as err:
+        except (pickle.UnpicklingError, EOFError, ValueError, OSError) as err:
             msg = f"{path} is not a readable CIFAR file ({err}); unpack it again"
             raise UserError(msg) from err
     if not isinstance(obj, dict):

@@ -99,12 +99,29 @@ def decode_bytes(data: bytes) -> torch.Tensor:
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
 
 
+#: what reading or decoding one image file can raise (all become one-line UserErrors)
+IMAGE_ERRORS = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError)
+
+
+def image_error(path: str | Path, err: Exception) -> UserError:
+    """The one-line error for a file that could not be read (permissions, I/O: an ``OSError``
+    with an errno), is too large for Pillow (a decompression bomb), or is not a decodable image."""
+    if isinstance(err, Image.DecompressionBombError):
+        return UserError(
+            f"image {path} has more pixels than Pillow's limit ({err}); if the file is genuine, "
+            "shrink it, otherwise remove it"
+        )
+    if isinstance(err, OSError) and err.errno is not None:
+        return UserError(f"cannot read image {path} ({err.strerror}); check the file's permissions")
+    return UserError(f"cannot decode image {path} ({err}); remove or replace the file")
+
+
 def decode_file(path: str | Path) -> torch.Tensor:
     """Decode one image file to RGB uint8 (3, H, W)."""
     try:
         return decode_bytes(Path(path).read_bytes())
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise UserError(f"cannot decode image {path} ({err}); remove or replace the file") from err
+    except IMAGE_ERRORS as err:
+        raise image_error(path, err) from None
 
 
 def resize_center_crop(img: torch.Tensor, short_side: int, size: int) -> torch.Tensor:
@@ -253,8 +270,10 @@ class FolderStream(Dataset):
         try:
             with Image.open(path) as img:
                 rgb = crop_resize(img, lambda h, w: self.crop_box(index, h, w), self.size)
-        except (UnidentifiedImageError, OSError, ValueError) as err:
-            raise UserError(f"cannot decode image {path} ({err}); remove or replace it") from err
+        except IMAGE_ERRORS as err:
+            # in a DataLoader worker this comes back as a UserError with the worker's traceback
+            # as its message; UserError keeps only this line (r2b.errors)
+            raise image_error(path, err) from None
         return torch.from_numpy(rgb).permute(2, 0, 1).contiguous(), int(self.targets[index])
 
     def __repr__(self) -> str:

@@ -16,7 +16,8 @@ same order as an uninterrupted run.
 - streamed datasets (``FolderStream``): per-sample decoding in ``num_workers`` worker processes
   (not persistent, so each epoch's workers see the dataset's current epoch), default collation.
 
-Call ``loader.set_epoch(e)`` before iterating epoch e: it sets the sampler's epoch and the
+Call ``loader.set_epoch(e)`` before iterating epoch e (``set_epoch(e, skip_batches=k)``
+starts at its batch k, for a stage stopped mid-epoch): it sets the sampler's epoch and the
 dataset's (streamed random crops are seeded by (seed, epoch, index)). For multi-process training
 pass ``rank`` and ``world_size`` here; with Lightning Fabric use
 ``fabric.setup_dataloaders(loader, use_distributed_sampler=False)`` or move batches yourself.
@@ -56,21 +57,28 @@ class EpochSampler(Sampler[int]):
         self.n, self.shuffle, self.seed = n, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.epoch = 0
+        self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Pick the epoch; ``start`` skips the first indices of this rank's share (a stage
+        stopped in the middle of an epoch continues there)."""
         self.epoch = int(epoch)
+        self.start = int(start)
 
-    def __len__(self) -> int:
+    def _shard_len(self) -> int:
         if self.drop_last:
             return self.n // self.world_size
         return -(-self.n // self.world_size)
 
+    def __len__(self) -> int:
+        return max(self._shard_len() - self.start, 0)
+
     def __iter__(self) -> Iterator[int]:
         order = epoch_order(self.n, self.seed, self.epoch, self.shuffle)
-        total = len(self) * self.world_size
+        total = self._shard_len() * self.world_size
         if total > self.n:
             order = torch.cat([order, order[: total - self.n]])
-        return iter(order[:total][self.rank :: self.world_size].tolist())
+        return iter(order[:total][self.rank :: self.world_size][self.start :].tolist())
 
 
 class _Batches(Dataset):
@@ -93,8 +101,9 @@ class EpochLoader(DataLoader):
     ``batch_size_`` (images per batch).
     """
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch_sampler.set_epoch(epoch)
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Iterate epoch ``epoch`` next, from its batch ``skip_batches`` on (0: all of it)."""
+        self.epoch_sampler.set_epoch(epoch, skip_batches * self.batch_size_)
         if hasattr(self.source, "set_epoch"):
             self.source.set_epoch(epoch)
 

@@ -9,6 +9,7 @@ from torch import nn
 from r2b.errors import UserError
 from r2b.layers import LearnedShift, RPReLU
 from r2b.models import create_model, list_models
+from r2b.models.resnet import BinaryResNet18, HalfBlockDesign
 from r2b.packed import kernels, to_packed
 from r2b.packed.batchnorm import apply_bn, probe_affine, probe_bn_mode
 from r2b.packed.bitpack import kernel_layout, pack_bits, pack_weight, unpack_bits, unpack_weight
@@ -267,6 +268,22 @@ def test_every_family_is_fused_and_an_unknown_layer_falls_back_exactly(name):
     with torch.no_grad():
         assert torch.equal(packed(x), model(x))
         assert torch.equal(model.spec().forward(x), model(x))
+
+
+@pytest.mark.parametrize("design", [
+    HalfBlockDesign(pre="shift", scaling="scale", post_bn=True, act="prelu", act_after_add=True),
+    HalfBlockDesign(pre="bn", scaling="gate", post_bn=True, act="rprelu"),
+    HalfBlockDesign(pre="none", scaling="none", post_bn=False, act="rprelu", act_after_add=True),
+])  # fmt: skip
+def test_a_new_combination_of_block_parts_packs_exactly(design):
+    """A network whose half blocks combine the parts in a way no registered family does packs
+    through its description alone, fused, bit for bit."""
+    model = _randomise(BinaryResNet18(7, "imagenet", 0.125, "bnn", design=design), seed=6)
+    packed = to_packed(model)
+    assert all(h.fused for h in packed.halves)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        assert torch.equal(packed(x), model(x))
 
 
 def test_to_packed_leaves_the_model_alone_and_is_inference_only():

@@ -201,8 +201,15 @@ def peak_gbmacs(threads: int, seconds: float = 0.2) -> dict:
     return {"nominal": nominal, "measured": threads * reps * per_rep / best / 1e9}
 
 
+#: the CPU flags that matter to the packed engine and the reference engines (``isa_flags``)
+ISA_FLAGS = tuple(
+    "avx2 fma avx512f avx512bw avx512vl avx512_vnni avx_vnni avx512_vpopcntdq avx512_bf16 amx_int8 "
+    "amx_bf16 asimd asimddp".split()
+)
+
+
 def machine() -> dict:
-    """CPU model, cores, clock (nominal), popcount vector width, PyTorch version."""
+    """CPU model, cores, clock (nominal), popcount vector width, ISA flags, PyTorch version."""
     cpuinfo = _read("/proc/cpuinfo")
     fields: dict[str, str] = {}
     for line in cpuinfo.splitlines():
@@ -222,12 +229,16 @@ def machine() -> dict:
     family = fields.get("cpu family")
     if family:
         name += f" (family {family} model {fields.get('model', '?')})"
+    siblings, cores = fields.get("siblings"), fields.get("cpu cores")
     return {
         "cpu": name,
         "cores": os.cpu_count(),
+        "threads_per_core": int(siblings) // int(cores) if siblings and cores else None,
         "clock_ghz": mhz / 1e3 if mhz else None,
         "popcount_isa": isa,
         "popcount_bits": bits,
+        "isa_flags": [f for f in ISA_FLAGS if f in flags],
+        "all_flags": " ".join(sorted(flags)),
         "torch": torch.__version__,
     }
 

@@ -68,6 +68,18 @@ def test_stage_defaults_merge_under_each_stage():
     assert cfg.stages[1].model.stage == "bnn"  # the stage's own keys win
 
 
+def test_a_stage_override_changes_only_that_stage_of_shared_defaults():
+    """Stages that inherit one ``stage_defaults`` mapping (augment, optim, ...) get copies:
+    ``--set stages.b.augment.ops=...`` must leave stage a's ops alone."""
+    data = two_stages()
+    data["stage_defaults"]["augment"] = {"ops": ["crop", "flip"]}
+    data["stage_defaults"]["optim"] = {"betas": [0.9, 0.99]}
+    cfg = build_config(data, ["stages.b.augment.ops=[flip]", "stages.b.optim.betas.0=0.5"])
+    assert [s.augment.ops for s in cfg.stages] == [["crop", "flip"], ["flip"]]
+    assert [s.optim.betas for s in cfg.stages] == [[0.9, 0.99], [0.5, 0.99]]
+    assert data["stage_defaults"]["augment"]["ops"] == ["crop", "flip"]  # input untouched
+
+
 def test_dump_and_reload_give_the_same_config():
     cfg = quick_config(["stages.*.epochs=2"])
     assert from_dict(yaml.safe_load(dump_yaml(cfg))) == cfg

@@ -26,6 +26,7 @@ Every problem raises ``r2b.errors.UserError`` naming the key and what to do.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -301,11 +302,13 @@ def from_dict(data: dict) -> PipelineConfig:
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
+    """``over`` merged into a copy of ``base``; the result shares no mapping or list with either
+    (stages merged from one ``stage_defaults`` must not share its ``augment`` dict, or a
+    ``--set`` of one stage's key would change every stage)."""
+    out = copy.deepcopy(base)
     for k, v in over.items():
-        out[k] = (
-            _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-        )
+        both = isinstance(v, dict) and isinstance(out.get(k), dict)
+        out[k] = _deep_merge(out[k], v) if both else copy.deepcopy(v)
     return out
 
 
@@ -390,8 +393,9 @@ def read_yaml(path: str | Path) -> dict:
     """The mapping in a YAML config file; UserError if it is missing or not valid YAML."""
     path = Path(path)
     if not path.is_file():
+        problem = "is not a file" if path.exists() else "does not exist"
         raise UserError(
-            f"config file {path} does not exist; give the path of a YAML recipe "
+            f"config file {path} {problem}; give the path of a YAML recipe "
             "(e.g. configs/cifar10/r2b.yaml) or leave out --config for the quick default"
         )
     try:

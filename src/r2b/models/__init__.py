@@ -3,6 +3,26 @@ Real-to-Binary, Bi-Real Net, ReActNet), through a registry; ``model.spec()`` des
 network to the engine and the exporters (``r2b.models.spec``)."""
 
 from r2b.models import resnet as _resnet  # noqa: F401  (registers the builders)
-from r2b.models.registry import create_model, is_binary_family, list_models, register_model
+from r2b.models.registry import (
+    DEFAULT_INPUT_SIZE,
+    STAGES,
+    STEMS,
+    create_model,
+    default_input_size,
+    is_binary_family,
+    list_models,
+    model_from_arch,
+    register_model,
+)
 
-__all__ = ["create_model", "is_binary_family", "list_models", "register_model"]
+__all__ = [
+    "DEFAULT_INPUT_SIZE",
+    "STAGES",
+    "STEMS",
+    "create_model",
+    "default_input_size",
+    "is_binary_family",
+    "list_models",
+    "model_from_arch",
+    "register_model",
+]

@@ -1,4 +1,5 @@
-"""Model registry: ``create_model(name, **kwargs)`` and ``list_models()``.
+"""Model registry: ``create_model(name, **kwargs)``, ``list_models()`` and the model facts every
+command asks for (stems, training steps, default input sizes, which families are binary).
 
 A builder is a small function registered under a name. ``create_model`` records the name and the
 keyword arguments on the model as ``model.arch``, so a checkpoint or an export can rebuild the same
@@ -10,6 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from torch import nn
+
+#: Stems every family builds: ImageNet (7x7/2 conv + 3x3/2 max-pool) and CIFAR (3x3/1 conv).
+STEMS = ("imagenet", "cifar")
+#: Training steps of a binary family: real weights + tanh, binary activations, fully binary.
+STAGES = ("fp", "ban", "bnn")
+#: The input side each stem is made for (ImageNet crops, CIFAR images).
+DEFAULT_INPUT_SIZE = {"imagenet": 224, "cifar": 32}
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 _BINARY: dict[str, bool] = {}
@@ -53,4 +61,26 @@ def create_model(name: str, **kwargs) -> nn.Module:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}") from None
     model = builder(**kwargs)
     model.arch = {"name": name, **kwargs}
+    return model
+
+
+def default_input_size(arch: dict) -> int:
+    """The input side of a model's ``arch`` record: 224 for the ImageNet stem, 32 for CIFAR's."""
+    return DEFAULT_INPUT_SIZE[arch.get("stem", "imagenet")]
+
+
+def model_from_arch(arch: object) -> nn.Module:
+    """The model an ``arch`` record (``model.arch``: ``{"name": ..., **kwargs}``) describes.
+
+    Raises ``ValueError`` naming what is wrong with a record that is not a dict with a registered
+    ``name`` and keyword arguments its builder takes.
+    """
+    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str):
+        raise ValueError("the architecture record is not a dict with a model name")
+    kwargs = {k: v for k, v in arch.items() if k != "name"}
+    try:
+        model = create_model(arch["name"], **kwargs)
+    except TypeError as err:
+        raise ValueError(f"{arch['name']} takes no such arguments ({err})") from None
+    model.arch = dict(arch)
     return model

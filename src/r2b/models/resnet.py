@@ -23,11 +23,9 @@ import torch
 from torch import nn
 
 from r2b.layers import BinaryConv2d, Gate, LearnedScale, LearnedShift, PReLU, RPReLU
-from r2b.models.registry import register_model
+from r2b.models.registry import STAGES, STEMS, register_model
 from r2b.models.spec import BinaryNetSpec, HalfBlockSpec
 
-STEMS = ("imagenet", "cifar")
-STAGES = ("fp", "ban", "bnn")
 BASE_WIDTHS = (64, 128, 256, 512)
 GATE_REDUCTION = 8
 

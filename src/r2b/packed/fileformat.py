@@ -182,7 +182,7 @@ def load(path: str | Path) -> PackedResNet:
 
 def from_parts(header: dict, tensors: dict[str, np.ndarray], source: str) -> PackedResNet:
     """The ``PackedResNet`` of a decoded header and tensor table."""
-    from r2b.models import create_model
+    from r2b.models import model_from_arch
 
     def fail(what: str) -> PackedFileError:
         return PackedFileError(f"packed model {source} is {what}; export it again")
@@ -190,12 +190,10 @@ def from_parts(header: dict, tensors: dict[str, np.ndarray], source: str) -> Pac
     arch = header.get("arch")
     if not isinstance(arch, dict) or "name" not in arch:
         raise fail("missing its architecture")
-    kwargs = {k: v for k, v in arch.items() if k != "name"}
     try:
-        model = create_model(arch["name"], **kwargs)
-    except (TypeError, ValueError) as err:
+        model = model_from_arch(arch)
+    except ValueError as err:
         raise fail(f"of an architecture this r2b cannot build ({err})") from None
-    model.arch = dict(arch)
     binary = {id(m) for m in getattr(model, "binary_convs", list)()}
     names = {n: m for n, m in model.named_modules() if id(m) in binary}
     specs = header.get("binary_convs") or []

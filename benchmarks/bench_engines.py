@@ -80,6 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     out = args.out_dir
     stem = out / f"engines_{args.tag}"
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
     )  # fmt: skip
     results = be.summarise(quiet + busy, records)
     record = {
-        "command": "python " + " ".join(shlex.quote(a) for a in [_rel(sys.argv[0]), *sys.argv[1:]]),
+        "command": "python " + " ".join(shlex.quote(a) for a in [_rel(__file__), *argv]),
         "commit": commit,
         "commits_measured": sorted({r.get("commit", "?") for r in records}),
         "working_tree_clean": _clean(),
@@ -130,7 +131,7 @@ def main(argv=None) -> int:
         "settings": dict(header, rounds=args.rounds, contention_rounds=args.contention_rounds,
                          batches=args.batches, threads=args.threads),
         "protocol": PROTOCOL,
-        "int8": build,
+        "build": build,
         "rows": {r: {"label": be.ROWS[r].label, "engine": be.ROWS[r].engine,
                      "file": be.ROWS[r].artifact, "family": be.ROWS[r].family,
                      "top1": be.ROWS[r].top1, "top1_source": be.ROWS[r].top1_source}
@@ -262,14 +263,15 @@ def markdown(record: dict, name: str) -> str:
         if ratios:
             lines += ["", "Packed slow-down over OpenVINO's (below 1: the packed engine degrades "
                       "less): " + "; ".join(ratios) + "."]  # fmt: skip
-    int8 = {k: v for k, v in record["int8"].items() if k.endswith("-int8")}
+    build = record["build"]
+    int8 = {k: v for k, v in build.items() if k.endswith("-int8")}
     if int8:
         one = next(iter(int8.values()))
         lines += [
             "",
             f"int8: ONNX Runtime `quantize_static`, {one['format']} format, per-channel "
             f"{one['weight_type']} weights, {one['activation_type']} activations, "
-            f"{one['calibrate_method']} calibration on {record['int8'].get('calibration', '?')}; "
+            f"{one['calibrate_method']} calibration on {build.get('calibration', '?')}; "
             "the same int8 ONNX file runs in both engines ("
             + ", ".join(f"{k}: {v['quantize_nodes']} QuantizeLinear" for k, v in int8.items())
             + ").",
@@ -277,7 +279,15 @@ def markdown(record: dict, name: str) -> str:
     ov = {r["row"]: r["info"] for r in record["results"] if r["row"].startswith("ov-")}
     if "ov-r2b" in ov:
         n_binary = ov["ov-r2b"].get("binary_convolutions")
-        lines.append(f"OpenVINO's compiled r2b model holds {n_binary} BinaryConvolution layers.")
+        text = f"OpenVINO's compiled r2b model holds {n_binary} BinaryConvolution layers"
+        check = build.get("r2b-openvino")
+        if check:
+            text += (
+                f"; its logits against r2b's eval model on {check['inputs']} random inputs: max "
+                f"|difference| / max |logit| {check['max_abs_diff_over_max_logit']:.1e}, top-1 "
+                f"equal on {check['top1_agree']}"
+            )
+        lines.append(text + ".")
     lines += ["", "ImageNet top-1 figures (published, not measured here):", ""]
     for meta in record["rows"].values():
         if meta["top1"] is not None:

@@ -284,10 +284,33 @@ def export_openvino_r2b(model, path: Path, input_size: int) -> Path:
     from r2b import openvino as r2b_openvino  # written alongside; may not exist yet
 
     got = r2b_openvino.export(model, path, input_size=input_size)
+    if isinstance(got, dict):
+        got = got.get("xml")
     for candidate in (got, path, path.with_suffix(".xml")):
         if isinstance(candidate, (str, os.PathLike)) and Path(candidate).exists():
             return Path(candidate)
     raise FileNotFoundError(f"r2b.openvino.export wrote no {path}")
+
+
+def agreement(model, xml: Path, input_size: int, n: int = 8, seed: int = 1) -> dict:
+    """OpenVINO's logits for the exported IR against the eval model's on ``n`` random inputs:
+    the largest difference over the largest logit, and on how many inputs top-1 agrees."""
+    import numpy as np
+    import openvino as ov
+    import torch
+
+    x = torch.randn(n, 3, input_size, input_size, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        expected = model.eval()(x).numpy()
+    ir = ov.Core().read_model(str(xml))
+    ir.reshape({ir.inputs[0]: ov.PartialShape([n, 3, input_size, input_size])})
+    compiled = ov.Core().compile_model(ir, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    got = compiled(x.numpy())[compiled.outputs[0]]
+    return {
+        "inputs": n,
+        "max_abs_diff_over_max_logit": float(np.abs(got - expected).max() / np.abs(expected).max()),
+        "top1_agree": int((got.argmax(1) == expected.argmax(1)).sum()),
+    }
 
 
 def build_artifacts(
@@ -365,6 +388,7 @@ def build_artifacts(
             files["r2b-openvino.xml"] = export_openvino_r2b(
                 binary, work_dir / "r2b-openvino.xml", input_size
             )
+            info["r2b-openvino"] = agreement(binary, files["r2b-openvino.xml"], input_size)
         except ImportError:
             missing["r2b-openvino.xml"] = "r2b.openvino (r2b.openvino.export) does not exist yet"
         except Exception as err:  # noqa: BLE001 -- a row is skipped, the others still run
@@ -810,32 +834,41 @@ def compare(
 def format_compare(report: dict) -> str:
     """The text ``r2b bench --against`` prints."""
     m, a = report["machine"], report["model"]
+    net = f"{a.get('name')} ({a.get('stem', 'imagenet')} stem)"
+    labels = {
+        "packed-r2b": f"r2b packed {net}",
+        "ov-r2b": f"OpenVINO running {net}, BinaryConvolution",
+        "torch-fp32-resnet18": "PyTorch eager float ResNet-18, same stem",
+    }
+    t = report["threads"]
     lines = [
-        f"model     {a.get('name')} stem={a.get('stem', 'imagenet')} width={a.get('width', 1.0)}"
-        f", input {report['batch']}x3x{report['input_size']}x{report['input_size']}, "
-        f"{report['threads']} threads; each engine in its own process, {report['rounds']} "
-        f"alternating rounds, median of the rounds' medians",
+        f"model     {net} width={a.get('width', 1.0)}, input {report['batch']}x3x"
+        f"{report['input_size']}x{report['input_size']}, {t} thread{'s' * (t > 1)}; each engine "
+        f"in its own process, {report['rounds']} alternating round{'s' * (report['rounds'] > 1)},"
+        " median of the rounds' medians",
         f"machine   {m['cpu']}, {m['logical_cores']} cores, {' '.join(m['isa_flags'])}",
         "",
         f"  {'engine':58s} {'ms':>9s}  {'vs packed':>9s}  rounds (ms)",
     ]
-    base = next((r["median_ms"] for r in report["results"] if r["row"] == "packed-r2b"
-                 and r["omp"] == "active"), None)  # fmt: skip
+    packed = [r for r in report["results"] if r["row"] == "packed-r2b"]
+    packed.sort(key=lambda r: r["omp"] != "active")
+    base = packed[0] if packed else None
     for r in report["results"]:
-        label = ROWS[r["row"]].label
+        label = labels.get(r["row"], ROWS[r["row"]].label)
         if r["row"] in OMP_ROWS:
             label += f", OpenMP {r['omp']}"
-        ratio = f"{r['median_ms'] / base:8.2f}x" if base else ""
+        ratio = f"{r['median_ms'] / base['median_ms']:8.2f}x" if base else ""
         rounds = " ".join(f"{v:.2f}" for v in r["rounds_ms"])
         lines.append(f"  {label:58s} {r['median_ms']:9.2f}  {ratio:>9s}  {rounds}")
     for row, why in report["skipped"].items():
-        lines.append(f"  {ROWS[row].label:58s} skipped: {why}")
+        lines.append(f"  {labels.get(row, ROWS[row].label):58s} skipped: {why}")
     for key, why in report["failed"].items():
         lines.append(f"  {key:58s} failed: {why}")
-    lines.append(
-        "  (vs packed: time over the packed engine's with OpenMP active; int8 = ONNX "
-        "Runtime static QDQ, per-channel weights, calibrated on the embedded images)"
-    )
+    if base:
+        lines.append(
+            f"  (vs packed: time over the packed engine's, OpenMP {base['omp']}; int8 = ONNX "
+            "Runtime static QDQ, per-channel weights, calibrated on the embedded images)"
+        )
     return "\n".join(lines)
 
 

@@ -32,25 +32,38 @@ from r2b.packed.parallel import launch_info
 DEFAULT_MODEL = "r2b_resnet18"
 
 
-def load_for_bench(model: str | None, stem: str | None, num_classes: int | None) -> PackedResNet:
-    """A ``.r2b`` file, or a registered binary model name built with random weights."""
+def float_model_for_bench(
+    model: str | None, stem: str | None, num_classes: int | None
+) -> torch.nn.Module | None:
+    """The float eval model (stage bnn, random weights) of a registered binary model name;
+    None for anything else (a ``.r2b`` file)."""
     from r2b.models import create_model, list_models
-    from r2b.packed.fileformat import load
 
     model = model or DEFAULT_MODEL
-    if model in list_models():
-        kwargs = {"stage": "bnn"}
-        if stem:
-            kwargs["stem"] = stem
-        if num_classes:
-            kwargs["num_classes"] = num_classes
-        try:
-            float_model = create_model(model, **kwargs).eval()
-        except TypeError:
-            raise UserError(
-                f"{model} is not a binary model; bench sb_resnet18 or r2b_resnet18"
-            ) from None
+    if model not in list_models():
+        return None
+    kwargs = {"stage": "bnn"}
+    if stem:
+        kwargs["stem"] = stem
+    if num_classes:
+        kwargs["num_classes"] = num_classes
+    try:
+        return create_model(model, **kwargs).eval()
+    except TypeError:
+        raise UserError(
+            f"{model} is not a binary model; bench sb_resnet18 or r2b_resnet18"
+        ) from None
+
+
+def load_for_bench(model: str | None, stem: str | None, num_classes: int | None) -> PackedResNet:
+    """A ``.r2b`` file, or a registered binary model name built with random weights."""
+    from r2b.models import list_models
+    from r2b.packed.fileformat import load
+
+    float_model = float_model_for_bench(model, stem, num_classes)
+    if float_model is not None:
         return to_packed(float_model)
+    model = model or DEFAULT_MODEL
     if Path(model).exists():
         return load(model)
     raise UserError(

@@ -4,7 +4,9 @@
   binary model with random weights, for benchmarking) into a ``.r2b`` file, read it back and check
   that it reproduces the float model's logits exactly.
 - ``r2b bench [MODEL.r2b|MODEL_NAME] [--batch N] [--threads N] [--json]``: packed vs PyTorch float
-  ResNet-18 on the same input, in the same process, with the same threads.
+  ResNet-18 on the same input, in the same process, with the same threads; ``--against
+  openvino,onnxruntime``: against those engines' fp32 and int8 ResNet-18 too, each in its own
+  process (``r2b.bench_engines``).
 """
 
 from __future__ import annotations
@@ -55,10 +57,11 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first (5)")
     p.add_argument("--no-profile", action="store_true", help="skip the per-layer profile")
     p.add_argument(
-        "--omp-wait-policy", choices=["passive", "active", "inherit"], default="passive",
+        "--omp-wait-policy", choices=["passive", "active", "inherit"], default=None,
         help="OMP_WAIT_POLICY for both networks (default passive: idle threads sleep instead of "
         "spinning, which keeps timings stable when other programs share the cores; inherit: "
-        "leave the environment as it is)",
+        "leave the environment as it is; with --against: active or passive for the packed "
+        "engine, default both)",
     )  # fmt: skip
     p.add_argument(
         "--omp-dynamic", choices=["true", "false", "inherit"], default="true",
@@ -67,6 +70,14 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
         "busy; on an idle machine it changes nothing)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--against", metavar="ENGINES",
+        help="comma list of reference engines, openvino and/or onnxruntime (the bench extra: "
+        'pip install -e ".[bench]"): the packed model against PyTorch eager float ResNet-18 and '
+        "the engines' fp32 and int8 (static QDQ) ResNet-18, and OpenVINO running this binary "
+        "network, each measurement in its own process, --rounds alternating rounds, medians",
+    )  # fmt: skip
+    p.add_argument("--rounds", type=int, default=3, help="with --against: rounds (3)")
     p.set_defaults(func=run_bench)
 
 
@@ -134,7 +145,10 @@ def run_bench(args: argparse.Namespace) -> int:
         raise UserError("--threads must be at least 1")
     if args.runs < 1 or args.batch < 1:
         raise UserError("--runs and --batch must be at least 1")
-    wanted = {"OMP_WAIT_POLICY": args.omp_wait_policy, "OMP_DYNAMIC": args.omp_dynamic}
+    if args.against is not None:
+        return _run_against(args)
+    policy = args.omp_wait_policy or "passive"
+    wanted = {"OMP_WAIT_POLICY": policy, "OMP_DYNAMIC": args.omp_dynamic}
     wanted = {k: v.upper() for k, v in wanted.items() if v != "inherit"}
     if any(os.environ.get(k, "").upper() != v for k, v in wanted.items()):
         # the OpenMP runtime reads these once, when PyTorch loads it: run the command anew
@@ -157,6 +171,49 @@ def run_bench(args: argparse.Namespace) -> int:
         print(json.dumps(result, default=float))
     else:
         print(format_report(result, prof, peak))
+    return 0
+
+
+def _run_against(args: argparse.Namespace) -> int:
+    """``r2b bench --against``: ``r2b.bench_engines.compare`` (each engine its own process)."""
+    from r2b import bench_engines as be
+
+    names = [n.strip() for n in args.against.split(",") if n.strip()]
+    unknown = [n for n in names if n not in be.AGAINST]
+    if unknown or not names:
+        raise UserError(
+            f"unknown engine {', '.join(map(repr, unknown)) or '(none)'} for --against; "
+            f"choose from {', '.join(be.AGAINST)}, comma-separated"
+        )
+    missing = be.missing_extras(("onnx", "onnxruntime", *(be.AGAINST[n] for n in names)))
+    if missing:
+        raise UserError(
+            f"r2b bench --against needs the bench extra: {be.EXTRA_HINT} "
+            f"(missing: {', '.join(dict.fromkeys(missing))})"
+        )
+    if args.rounds < 1:
+        raise UserError("--rounds must be at least 1")
+    import torch
+
+    from r2b.packed import to_packed
+    from r2b.packed.bench import float_model_for_bench, load_for_bench
+
+    binary = float_model_for_bench(args.model, args.stem, args.num_classes)
+    if binary is not None:
+        packed = to_packed(binary)
+    else:
+        packed = load_for_bench(args.model, args.stem, args.num_classes)
+    stem = packed.arch.get("stem", "imagenet")
+    omp = ("active", "passive")
+    if args.omp_wait_policy in ("active", "passive"):
+        omp = (args.omp_wait_policy,)
+    report = be.compare(
+        names, packed, binary, batch=args.batch, threads=args.threads or torch.get_num_threads(),
+        input_size=args.input_size or (224 if stem == "imagenet" else 32), rounds=args.rounds,
+        runs=args.runs, warmup=args.warmup, omp=omp,
+        log=(lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print,
+    )  # fmt: skip
+    print(json.dumps(report, default=float) if args.json else be.format_compare(report))
     return 0
 
 

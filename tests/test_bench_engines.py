@@ -1,0 +1,166 @@
+"""Smoke tests of the reference-engine benchmark (``r2b.bench_engines``, ``r2b bench --against``,
+``benchmarks/bench_engines.py``): tiny inputs, one round, two runs; nothing here is a timing."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from r2b import bench_engines as be
+from r2b.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parents[1]
+MISSING = be.missing_extras()
+needs_extra = pytest.mark.skipif(
+    bool(MISSING), reason=f"needs the bench extra ({be.EXTRA_HINT}); missing {MISSING}"
+)
+SIZE, CALIB = 32, 4
+RESNET = {"resnet18.pt", "resnet18-fp32.onnx", "resnet18-int8.onnx"}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """torchvision ResNet-18 at 32x32 as .pt, fp32 ONNX and int8 QDQ ONNX (built once)."""
+    work = tmp_path_factory.mktemp("engines")
+    files, missing, info = be.build_artifacts(work, RESNET, SIZE, CALIB, log=lambda _: None)
+    assert not missing and set(files) == RESNET
+    return files, info
+
+
+@needs_extra
+def test_int8_is_a_per_channel_qdq_model_that_onnxruntime_runs(files):
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    paths, info = files
+    q = info["resnet18-int8"]
+    assert q["format"] == "QDQ" and q["per_channel"] and q["calibration_images"] == CALIB
+    assert "embedded CIFAR-10 subset" in info["calibration"]
+    model = onnx.load(str(paths["resnet18-int8.onnx"]))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Conv") == 20 and q["quantize_nodes"] == ops.count("QuantizeLinear") > 0
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    weight_scales = [init[n.input[1]] for n in model.graph.node
+                     if n.op_type == "DequantizeLinear" and n.input[0] in init
+                     and init[n.input[0]].dtype == np.int8]  # fmt: skip
+    assert weight_scales and all(s.size > 1 for s in weight_scales), "per-channel weight scales"
+    calib, _ = be.calibration_batches(2, SIZE)
+    x = np.concatenate(calib)
+    out = {}
+    for name in ("resnet18-fp32.onnx", "resnet18-int8.onnx"):
+        session = ort.InferenceSession(str(paths[name]), providers=["CPUExecutionProvider"])
+        out[name] = session.run(None, {session.get_inputs()[0].name: x})[0]
+    fp32, int8 = out["resnet18-fp32.onnx"], out["resnet18-int8.onnx"]
+    assert int8.shape == fp32.shape == (2, 1000)
+    cosine = (fp32 * int8).sum() / np.linalg.norm(fp32) / np.linalg.norm(int8)
+    assert cosine > 0.9, f"int8 logits far from fp32 (cosine {cosine:.3f})"
+
+
+@needs_extra
+def test_protocol_one_process_per_measurement_rounds_contention_and_resume(files, tmp_path):
+    paths, _ = files
+    settings = be.Settings(input_size=SIZE, runs=2, warmup=1, max_seconds=1.0)
+    rows = ["torch-fp32-resnet18", "ort-int8-resnet18", "ov-int8-resnet18"]
+    configs = be.configs_for(rows, [1], [1]) + be.configs_for(rows[1:], [1], [1], contention=True)
+    header = settings.to_dict()
+    partial = be.Partial.open(tmp_path / "p.jsonl", header)
+    logged = []
+    records = be.run_protocol(configs, paths, settings, 1, partial, log=logged.append,
+                              extra={"commit": "abc"})  # fmt: skip
+    assert len(records) == len(logged) == 5 and not [r for r in records if "error" in r]
+    pids = {r["pid"] for r in records}
+    assert len(pids) == 5, "each measurement is its own process"
+    for r in records:
+        assert r["runs"] == 2 and len(r["times_ms"]) == 2 and r["median_ms"] > 0
+        assert r["commit"] == "abc" and r["round"] == 0 and r["env"]["OMP_WAIT_POLICY"] == "ACTIVE"
+        assert r["threads"] == 1 and r["batch"] == 1 and r["input_size"] == SIZE
+    ov = next(r for r in records if r["row"] == "ov-int8-resnet18")
+    assert ov["info"]["int8_convolutions"] > 0, "OpenVINO runs the QDQ model in int8"
+    results = be.summarise(configs, records)
+    assert {r["key"] for r in results} == {c.key for c in configs}
+    assert all(r["rounds_ms"] == [r["median_ms"]] for r in results)
+    slow = be.contention_summary(results)
+    assert {s["row"] for s in slow} == set(rows[1:]) and all(s["slowdown"] > 0 for s in slow)
+    # a rerun with the same settings takes every measurement from the partial file
+    again = be.Partial.open(tmp_path / "p.jsonl", header)
+    assert be.run_protocol(configs, paths, settings, 1, again, log=logged.append) == records
+    assert len(logged) == 5
+    with pytest.raises(ValueError, match="--fresh"):
+        be.Partial.open(tmp_path / "p.jsonl", dict(header, runs=3))
+
+
+def test_contention_ratio_of_slowdowns():
+    def res(row, ms, busy, omp="active"):
+        return {"row": row, "omp": omp, "batch": 8, "threads": 2, "contention": busy,
+                "median_ms": ms}  # fmt: skip
+
+    results = [res("packed-r2b", 20, False), res("packed-r2b", 900, True),
+               res("ov-int8-resnet18", 20, False), res("ov-int8-resnet18", 40, True)]  # fmt: skip
+    slow = {s["row"]: s for s in be.contention_summary(results)}
+    assert slow["packed-r2b"]["slowdown"] == 45 and slow["ov-int8-resnet18"]["slowdown"] == 2
+    assert slow["packed-r2b"]["ratio_vs_ov-int8-resnet18"] == 22.5
+
+
+def test_against_parses_and_refuses_unknown_engines_in_one_line(capsys, monkeypatch):
+    args = build_parser().parse_args(["bench", "--against", "openvino,onnxruntime"])
+    assert args.against == "openvino,onnxruntime" and args.rounds == 3
+    assert main(["bench", "--against", "openvino,tensorrt"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'tensorrt'" in err and "openvino, onnxruntime" in err
+    monkeypatch.setattr(be, "missing_extras", lambda names=(): ["openvino"])
+    assert main(["bench", "--against", "openvino"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and be.EXTRA_HINT in err and "openvino" in err
+
+
+@needs_extra
+def test_benchmark_script_writes_json_markdown_and_plot(files, tmp_path, capsys):
+    paths, _ = files
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "bench_engines_script", REPO / "benchmarks" / "bench_engines.py"
+        )
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    work = paths["resnet18-fp32.onnx"].parent  # same settings: the model files are reused
+    argv = ["--tag", "t", "--rows", "ort-fp32-resnet18,ov-fp32-resnet18", "--input-size",
+            str(SIZE), "--batches", "1", "--threads", "1", "--contention-batches", "1",
+            "--contention-threads", "1", "--rounds", "1", "--runs", "2", "--warmup", "1",
+            "--calib-images", str(CALIB), "--out-dir", str(tmp_path),
+            "--work-dir", str(work)]  # fmt: skip
+    assert script.main(argv) == 0
+    record = json.loads((tmp_path / "engines_t.json").read_text())
+    for key in ("command", "commit", "machine", "load_average", "versions", "settings",
+                "protocol", "rows", "results", "contention", "measurements"):  # fmt: skip
+        assert key in record, key
+    assert record["command"].startswith("python benchmarks/bench_engines.py --tag t ")
+    assert record["machine"]["cpu"] and "isa_flags" in record["machine"]
+    assert set(record["load_average"]) >= {"before", "after"}
+    assert record["versions"]["onnxruntime"] and record["versions"]["openvino"]
+    assert all(m["top1"] and m["top1_source"] for m in record["rows"].values())
+    assert len(record["results"]) == 4 and len(record["contention"]) == 2
+    md = (tmp_path / "engines_t.md").read_text()
+    assert "| ONNX Runtime fp32 ResNet-18 | 69.758 |" in md and "slow-down" in md
+    assert (tmp_path / "engines_t.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "engines_t.partial.jsonl").exists()
+    capsys.readouterr()
+
+
+@pytest.mark.slow
+@needs_extra
+def test_bench_against_end_to_end(capsys):
+    args = ["bench", "r2b_resnet18", "--stem", "cifar", "--num-classes", "10", "--against",
+            "openvino,onnxruntime", "--rounds", "1", "--runs", "2", "--warmup", "1",
+            "--threads", "1", "--json"]  # fmt: skip
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = {r["row"] for r in report["results"]}
+    assert {"packed-r2b", "torch-fp32-resnet18", "ort-int8-resnet18", "ov-int8-resnet18"} <= rows
+    assert not report["failed"]

@@ -302,3 +302,32 @@ def test_stages_that_are_not_fully_binary_are_refused(name, stage):
         to_packed(model)
     with pytest.raises(UserError, match="no binary convolutions"):
         to_packed(create_model("resnet18", num_classes=3, stem="cifar", width=0.125))
+
+
+def test_reused_buffers_give_each_call_its_own_answer():
+    """Launches are prepared once per input shape and thread and their buffers reused: calls
+    with other inputs, other shapes in between, and two threads at once stay exact."""
+    import threading
+
+    model = _randomise(create_model("r2b_resnet18", num_classes=5, stem="cifar", width=0.125))
+    packed = to_packed(model)
+    gen = torch.Generator().manual_seed(9)
+    xs = [torch.randn(2, 3, 32, 32, generator=gen) for _ in range(3)] + [torch.randn(1, 3, 64, 64)]
+    with torch.no_grad():
+        expected = [model(x) for x in xs]
+    first = packed(xs[0])
+    for x, e in zip(xs + xs, expected + expected):
+        assert torch.equal(packed(x), e)
+    assert torch.equal(first, expected[0])  # an earlier result is not overwritten
+    results = {}
+
+    def work(i):
+        results[i] = [packed(xs[i % 3]) for _ in range(3)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, outs in results.items():
+        assert all(torch.equal(o, expected[i % 3]) for o in outs)

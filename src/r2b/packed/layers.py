@@ -19,6 +19,9 @@ the packed network equals the float one bit for bit.
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -169,6 +172,7 @@ class PackedHalfBlock(nn.Module):
         self._flags = (post_mode if post is not None else BN_NONE, act_kind or 0,
                        int(self.act_after_add))  # fmt: skip
         self._statics: dict = {}
+        self._steps: dict = {}
         self._scales: dict[int, torch.Tensor] = {}
         self._gate_weights = _gate_weights(self.gate)
 
@@ -256,25 +260,55 @@ class PackedHalfBlock(nn.Module):
         shortcut: torch.Tensor,
         nxt: PackedHalfBlock | None = None,
     ) -> tuple[torch.Tensor, np.ndarray | None, torch.Tensor | None]:
-        """The compiled side: binary conv, epilogue and (fused) the next block's pre + pack."""
-        n = x.shape[0]
-        conv = self.conv
-        oh, ow = conv.output_size(x.shape[2], x.shape[3])
-        out = torch.empty((n, conv.out_channels, oh, ow), dtype=torch.float32)
+        """The compiled side: binary conv, epilogue and (fused) the next block's pre + pack.
+
+        The output and the next block's packed input live in buffers of this block's ``_Step``
+        for the input shape (reused by the next call with that shape, on the same thread)."""
         fuse = nxt is not None and nxt.bn_mode != BN_NONE
+        step = self._step(tuple(x.shape), nxt if fuse else None)
+        step.bind(xp, _f32_tensor(gain), _f32_tensor(shortcut))
+        kernels.run_tasks(step.args, step.n_tasks, step.work_ns, step.launch)
+        if nxt is None:
+            return step.out, None, None
+        if not fuse:
+            return (step.out, *nxt.prepare(step.out))
+        return step.out, step.xp2, step.y2
+
+    def _step(self, shape: tuple[int, ...], nxt: PackedHalfBlock | None) -> _Step:
+        """The launch of this block's kernel for input ``shape`` followed (fused) by ``nxt``:
+        its complete argument array and output buffers, made once per shape, next block, thread
+        count and calling thread."""
+        threads = torch.get_num_threads()
+        key = (shape, None if nxt is None else (id(nxt), nxt.bn_mode), threads,
+               threading.get_ident())  # fmt: skip
+        step = self._steps.get(key)
+        if step is None:
+            step = self._steps[key] = self._make_step(shape, nxt, threads)
+        return step
+
+    def _make_step(self, shape: tuple[int, ...], nxt: PackedHalfBlock | None, threads: int):
+        n, _, h, w = shape
+        conv = self.conv
+        oh, ow = conv.output_size(h, w)
+        out = torch.empty((n, conv.out_channels, oh, ow), dtype=torch.float32)
         xp2, y2 = _NO_U64_4D, None
-        if fuse:
+        if nxt is not None:
             xp2 = nxt.conv.packed_buffer(n, oh, ow)
             y2 = torch.empty_like(out) if nxt.gate is not None else None
-        kernels.half_block(
-            self._static(nxt if fuse else None), xp, _f32(gain), _f32(shortcut), out.numpy(), xp2,
-            _NO_F32_4D if y2 is None else y2.numpy(), _launch("half_block"),
-        )  # fmt: skip
-        if nxt is None:
-            return out, None, None
-        if not fuse:
-            xp2, y2 = nxt.prepare(out)
-        return out, xp2, y2
+        args = self._static(nxt).copy()
+        xp = conv.packed_buffer(n, h, w)  # only its shape is used: the data pointer is per call
+        for slot, arr in ((kernels.HalfArgs.XP, xp), (kernels.HalfArgs.OUT, out.numpy()),
+                          (kernels.HalfArgs.XP2, xp2),
+                          (kernels.HalfArgs.Y2, _NO_F32_4D if y2 is None else y2.numpy())):
+            args[slot] = arr.ctypes.data
+            args[slot + 1 : slot + 1 + arr.ndim] = arr.shape
+        gain_shape, out_shape = (n, conv.out_channels), tuple(out.shape)
+        for slot, dims in ((kernels.HalfArgs.GAIN, gain_shape),
+                           (kernels.HalfArgs.SHORTCUT, out_shape)):  # fmt: skip
+            args[slot + 1 : slot + 1 + len(dims)] = dims
+        n_tasks, work_ns = kernels.half_tasks(args, n, oh, ow, threads)
+        return _Step(args, out, xp2, y2, int(n_tasks), int(work_ns), _launch("half_block"),
+                     gain_shape, out_shape)  # fmt: skip
 
     def unfused_part(
         self, x: torch.Tensor, xp: np.ndarray, y: torch.Tensor | None, shortcut: torch.Tensor
@@ -301,7 +335,46 @@ class PackedHalfBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xp, y = self.prepare(x)
-        return self.run(x, xp, y)[0]
+        return self.run(x, xp, y)[0].clone()  # the step's buffer is reused by the next call
+
+
+@dataclass
+class _Step:
+    """One prepared launch of a half block's kernel (``PackedHalfBlock._step``): the argument
+    array with every pointer but the per-call inputs (packed input, gain, shortcut) filled in,
+    the buffers it writes, and the launch figures."""
+
+    args: np.ndarray
+    out: torch.Tensor
+    xp2: np.ndarray
+    y2: torch.Tensor | None
+    n_tasks: int
+    work_ns: int
+    launch: tuple
+    gain_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    #: the inputs of the last call, held so that their addresses stay valid and are set again
+    #: only when another object comes (most calls pass the same buffers as the call before)
+    inputs: list = field(default_factory=lambda: [None, None, None])
+
+    def bind(self, xp: np.ndarray, gain: torch.Tensor, shortcut: torch.Tensor) -> None:
+        """Point the argument array at this call's packed input, gain and shortcut."""
+        held, args = self.inputs, self.args
+        if xp is not held[0]:
+            if xp.shape[0] != self.out_shape[0] or xp.dtype != np.uint64:
+                raise ValueError("packed input of the wrong shape for this block")
+            args[kernels.HalfArgs.XP] = xp.ctypes.data
+            held[0] = xp
+        if gain is not held[1]:
+            if tuple(gain.shape) != self.gain_shape:
+                raise ValueError("gain of the wrong shape for this block")
+            args[kernels.HalfArgs.GAIN] = gain.data_ptr()
+            held[1] = gain
+        if shortcut is not held[2]:
+            if tuple(shortcut.shape) != self.out_shape:
+                raise ValueError("shortcut of the wrong shape for this block")
+            args[kernels.HalfArgs.SHORTCUT] = shortcut.data_ptr()
+            held[2] = shortcut
 
 
 def _activation(act: nn.Module | None, channels: int) -> tuple[int | None, dict]:
@@ -458,6 +531,13 @@ def _pool_params(pool: nn.Module | None) -> tuple[int, int, int] | None:
     if not all(isinstance(v, int) for v in (k, s, p, d)) or d != 1:
         return None
     return (k, s, p)
+
+
+def _f32_tensor(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a contiguous float32 CPU tensor (itself when it already is one)."""
+    if t.dtype != torch.float32:
+        t = t.float()
+    return t if t.is_contiguous() else t.contiguous()
 
 
 def _f32(t: torch.Tensor) -> np.ndarray:

@@ -93,6 +93,16 @@ def test_protocol_one_process_per_measurement_rounds_contention_and_resume(files
         be.Partial.open(tmp_path / "p.jsonl", dict(header, runs=3))
 
 
+@needs_extra
+def test_a_failed_measurement_is_one_line_and_not_counted(tmp_path):
+    settings = be.Settings(input_size=SIZE, runs=2, warmup=1)
+    config = be.Config("ort-fp32-resnet18", 1, 1)
+    records = be.run_protocol([config], {"resnet18-fp32.onnx": tmp_path / "none.onnx"},
+                              settings, 1, cwd=tmp_path, log=lambda _: None)  # fmt: skip
+    assert len(records) == 1 and records[0]["error"].startswith("exit 1: ")
+    assert "\n" not in records[0]["error"] and be.summarise([config], records) == []
+
+
 def test_contention_ratio_of_slowdowns():
     def res(row, ms, busy, omp="active"):
         return {"row": row, "omp": omp, "batch": 8, "threads": 2, "contention": busy,

@@ -639,7 +639,8 @@ def run_protocol(
     """Every config once per round, each in its own process; after a round's quiet configs its
     contention configs run together while ``busy_process`` runs (only in the first
     ``contention_rounds`` rounds, default all). ``extra`` goes into every new record. Returns all
-    measurement records of these configs and rounds (done ones taken from ``partial``)."""
+    measurement records of these configs and rounds (done ones taken from ``partial``), and those
+    that failed in this call (with an ``error``; a rerun tries them again)."""
     partial = partial or Partial(None, {})
     cwd = cwd or Path(next(iter(files.values()))).parent
     records = []
@@ -653,6 +654,7 @@ def run_protocol(
             shift = rnd % len(group)
             order = group[shift:] + group[:shift]
             todo = [c for c in order if (c.key, rnd) not in partial.done]
+            failed = []
             if todo:
                 busy = busy_process(cwd) if contended else None
                 if busy:
@@ -662,11 +664,14 @@ def run_protocol(
                         res = run_one(c, files[ROWS[c.row].artifact], settings, cwd)
                         record = dict(c.to_dict(), round=rnd, **(extra or {}), **res)
                         partial.add(record)
+                        if "error" in record:
+                            failed.append(record)
                         log(_progress(record, rnd, rounds))
                 finally:
                     if busy:
                         busy.__exit__()
             records += [partial.done[(c.key, rnd)] for c in order if (c.key, rnd) in partial.done]
+            records += failed
     return records
 
 

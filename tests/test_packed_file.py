@@ -1,14 +1,16 @@
 """The .r2b file: round trip, size, and one clear error for every kind of damage."""
 
+import json
 import struct
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from r2b.errors import UserError
 from r2b.models import create_model
 from r2b.packed import PackedFileError, load, save, to_packed
-from r2b.packed.fileformat import FORMAT_VERSION, MAGIC
+from r2b.packed.fileformat import FORMAT_VERSION, LEGACY_MAGIC
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +73,50 @@ def test_corrupt_byte(small, tmp_path):
         assert "corrupt" in _damaged(path, tmp_path, bytes(flipped))
 
 
-def test_wrong_version_and_magic(small, tmp_path):
+def _record(data: bytes) -> dict:
+    """The r2b record in a ``.r2b`` file's safetensors metadata."""
+    (length,) = struct.unpack_from("<Q", data)
+    return json.loads(json.loads(data[8 : 8 + length])["__metadata__"]["r2b"])
+
+
+def _with_metadata(data: bytes, raw: str | None = None, **changes) -> bytes:
+    """The same safetensors file with entries of its r2b record changed (or the raw string)."""
+    (length,) = struct.unpack_from("<Q", data)
+    table = json.loads(data[8 : 8 + length])
+    table["__metadata__"]["r2b"] = raw if raw is not None else json.dumps(
+        {**_record(data), **changes})
+    head = json.dumps(table).encode()
+    head += b" " * (-len(head) % 8)
+    return struct.pack("<Q", len(head)) + head + data[8 + length :]
+
+
+def test_wrong_version_legacy_container_and_other_files(small, tmp_path):
     _, path = small
     data = path.read_bytes()
-    future = data[:8] + struct.pack("<I", FORMAT_VERSION + 1) + data[12:]
-    message = _damaged(path, tmp_path, future)
+    message = _damaged(path, tmp_path, _with_metadata(data, version=FORMAT_VERSION + 1))
     assert f"version {FORMAT_VERSION + 1}" in message and "export it again" in message
-    assert "not an r2b packed model" in _damaged(path, tmp_path, b"PK\x03\x04" + data[4:])
-    assert data.startswith(MAGIC)
+    legacy = _damaged(path, tmp_path, LEGACY_MAGIC + data[8:])
+    assert "r2b 0.1's container" in legacy and "r2b export CHECKPOINT" in legacy
+    assert "not an r2b packed model" in _damaged(path, tmp_path, b"PK\x03\x04" + bytes(99))
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": torch.ones(3)}, plain)
+    assert "without r2b's metadata" in _damaged(path, tmp_path, plain.read_bytes())
+    # the file is a plain safetensors file any reader opens
+    from safetensors.numpy import load as st_load
+
+    assert "blocks.0.half1.conv.bits" in st_load(data)
+
+
+def test_mistyped_records_are_one_line(small, tmp_path):
+    _, path = small
+    data = path.read_bytes()
+    model = _record(data)["model"]
+    for entry in ("not a dict", {"name": 3}, {**model["binary_convs"][0], "pad_value": "one"}):
+        broken = dict(model, binary_convs=[entry] + model["binary_convs"][1:])
+        message = _damaged(path, tmp_path, _with_metadata(data, model=broken))
+        assert "missing or mistyped" in message
+    assert "not a JSON record" in _damaged(path, tmp_path, _with_metadata(data, raw="{not json"))
+    assert "corrupt" in _damaged(path, tmp_path, _with_metadata(data, model="a string"))
 
 
 def test_missing_file(tmp_path):

@@ -1,32 +1,33 @@
 """The ``.r2b`` file: a packed model with its architecture, validated on load.
 
-Layout (all integers little-endian)::
+Since format version 2 a ``.r2b`` file is a safetensors file (the container r2b's checkpoints use;
+https://github.com/huggingface/safetensors, ``docs/format``): an 8-byte little-endian header
+length, a JSON header naming each tensor's dtype, shape and byte range, then the tensor bytes.
+Its ``__metadata__`` (strings only) has one entry, ``"r2b"``, a JSON object (one key, so that
+the bytes do not depend on the order safetensors writes its metadata in)::
 
-    offset 0    magic    8 bytes  b"R2BPACK\\0"
-            8   version  uint32   FORMAT_VERSION
-           12   length   uint32   of the header
-           16   header   UTF-8 JSON (below), then zero padding to a multiple of 8
-            D   data     the tensors, each at an 8-byte aligned offset from D
-      end - 4   crc32    uint32   zlib CRC-32 of every byte before it
-
-Header::
-
-    {"format": "r2b.packed", "version": 1, "producer": "r2b <version>",
-     "arch": {...},                        # create_model(name, **kwargs) of the float model
-     "binary_convs": [{"name": "blocks.0.half1.conv", "in_channels": 64, "out_channels": 64,
-                       "kernel_size": [3, 3], "stride": 1, "padding": 1, "pad_value": 1.0,
-                       "bits": "blocks.0.half1.conv.bits", "alpha": "blocks.0.half1.conv.alpha"}],
-     "tensors": {"<name>": {"dtype": "float32", "shape": [...], "offset": 0, "nbytes": 256}},
-     "data_nbytes": 5000000}
+    {"format": "r2b.packed", "version": 2, "producer": "r2b <version>",
+     "crc32": "0123abcd",       # CRC-32 (zlib) of the tensors' bytes in the order of their names
+     "model": {"arch": {...},   # create_model(name, **kwargs) of the float model
+               "binary_convs": [{"name": "blocks.0.half1.conv", "in_channels": 64,
+                                 "out_channels": 64, "kernel_size": [3, 3], "stride": 1,
+                                 "padding": 1, "pad_value": 1.0, "bits": "blocks.0.half1.conv.bits",
+                                 "alpha": "blocks.0.half1.conv.alpha"}]}}
 
 Binary convolutions are stored as their sign bits, canonical ``(O, kh, kw, ceil(C / 64))`` uint64
 words (``r2b.packed.bitpack``), plus ``alpha = mean|W|`` per output channel when the model scales
 by it; every other tensor of the float model's ``state_dict`` (stem, BatchNorms with their running
-statistics, PReLU slopes, scales, gates, shortcuts, classifier) is stored as it is. BatchNorm's
-``num_batches_tracked`` counters are left out (inference does not use them).
+statistics, PReLU slopes, scales, gates, shifts, shortcuts, classifier) is stored as it is.
+BatchNorm's ``num_batches_tracked`` counters are left out (inference does not use them).
 
-``load`` checks magic, version, sizes, checksum, header and tensor table before it builds anything,
-and reports any defect as one ``PackedFileError`` naming the file and what to do.
+Why safetensors and not a container of r2b's own (format 1, r2b 0.1): it is the format the
+checkpoints already use, it stores uint64 words and string metadata, every framework and viewer
+reads it, and it cannot execute code; safetensors has no checksum, so the CRC-32 in the metadata
+keeps the one thing the old container added. A format 1 file (magic ``R2BPACK``) gets one line
+saying how to re-export it.
+
+``load`` checks the container, the metadata, the checksum and the tensor table before it builds
+anything, and reports any defect as one ``PackedFileError`` naming the file and what to do.
 """
 
 from __future__ import annotations
@@ -42,13 +43,11 @@ import torch
 from r2b.errors import UserError
 from r2b.packed.engine import PackedConv, PackedResNet, assemble, to_packed
 
-MAGIC = b"R2BPACK\0"
 FORMAT = "r2b.packed"
-FORMAT_VERSION = 1
-_PREFIX = struct.Struct("<8sII")
-_CRC = struct.Struct("<I")
-_DTYPES = {"float32": np.float32, "float64": np.float64, "float16": np.float16,
-           "int64": np.int64, "uint64": np.uint64}  # fmt: skip
+FORMAT_VERSION = 2
+#: The first bytes of a format 1 file (r2b 0.1's own container).
+LEGACY_MAGIC = b"R2BPACK\0"
+_LENGTH = struct.Struct("<Q")
 
 
 class PackedFileError(UserError):
@@ -91,26 +90,22 @@ def to_bytes(model: torch.nn.Module) -> bytes:
 
 
 def _encode(header: dict, tensors: dict[str, np.ndarray]) -> bytes:
+    from safetensors.numpy import save as st_save
+
     from r2b import __version__
 
-    table, chunks, offset = {}, [], 0
-    for name, arr in tensors.items():
-        arr = np.ascontiguousarray(arr)
-        dtype = arr.dtype.name
-        if dtype not in _DTYPES:
-            raise ValueError(f"cannot store {name} of dtype {dtype}")
-        raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-        table[name] = {"dtype": dtype, "shape": list(arr.shape), "offset": offset,
-                       "nbytes": len(raw)}  # fmt: skip
-        pad = -len(raw) % 8
-        chunks.append(raw + b"\0" * pad)
-        offset += len(raw) + pad
-    full = {"format": FORMAT, "version": FORMAT_VERSION, "producer": f"r2b {__version__}",
-            **header, "tensors": table, "data_nbytes": offset}  # fmt: skip
-    head = json.dumps(full, separators=(",", ":")).encode()
-    head += b" " * (-(_PREFIX.size + len(head)) % 8)
-    body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(head)) + head + b"".join(chunks)
-    return body + _CRC.pack(zlib.crc32(body))
+    tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    record = {"format": FORMAT, "version": FORMAT_VERSION, "producer": f"r2b {__version__}",
+              "crc32": _crc(tensors), "model": header}  # fmt: skip
+    return st_save(tensors, metadata={"r2b": json.dumps(record, separators=(",", ":"))})
+
+
+def _crc(tensors: dict[str, np.ndarray]) -> str:
+    """CRC-32 of the tensors' bytes in the order of their names, as 8 hex digits."""
+    crc = 0
+    for name in sorted(tensors):
+        crc = zlib.crc32(np.ascontiguousarray(tensors[name]).view(np.uint8).data, crc)
+    return f"{crc:08x}"
 
 
 def read(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -118,60 +113,77 @@ def read(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     path = Path(path)
     if not path.is_file():
         raise PackedFileError(f"packed model {path} does not exist; check the path")
-    return decode(path.read_bytes(), str(path))
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise PackedFileError(
+            f"cannot read packed model {path} ({err.strerror or err}); check its permissions"
+        ) from None
+    return decode(data, str(path))
 
 
 def decode(data: bytes, source: str = "<bytes>") -> tuple[dict, dict[str, np.ndarray]]:
     """Validate and split the bytes of a ``.r2b`` file into ``(header, tensors)``."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load as st_load
 
     def fail(what: str) -> PackedFileError:
         return PackedFileError(
             f"packed model {source} is {what}; export it again with `r2b export`"
         )
 
-    if len(data) < _PREFIX.size + _CRC.size:
-        if not MAGIC.startswith(data[: len(MAGIC)]):
-            raise fail("not an r2b packed model (bad magic bytes)")
-        raise fail(f"truncated ({len(data)} bytes)")
-    magic, version, head_len = _PREFIX.unpack_from(data)
-    if magic != MAGIC:
-        raise fail("not an r2b packed model (bad magic bytes)")
+    if data.startswith(LEGACY_MAGIC):
+        raise PackedFileError(
+            f"packed model {source} is in r2b 0.1's container (format 1); export it again from "
+            "its checkpoint with this r2b (`r2b export CHECKPOINT -o FILE`)"
+        )
+    metadata, need = _container_header(data, fail)
+    if len(data) < need:
+        raise fail(f"truncated ({len(data)} of {need} bytes)")
+    if "r2b" not in metadata:
+        raise fail("not an r2b packed model (a safetensors file without r2b's metadata)")
+    try:
+        record = json.loads(metadata["r2b"])
+        version = record["version"]
+    except (ValueError, KeyError, TypeError):
+        raise fail("corrupt (its r2b metadata is not a JSON record)") from None
+    if record.get("format") != FORMAT:
+        raise fail("not an r2b packed model (a safetensors file without r2b's metadata)")
     if version != FORMAT_VERSION:
         raise PackedFileError(
-            f"packed model {source} has format version {version}, this r2b reads version "
-            f"{FORMAT_VERSION}; export it again with this r2b (`r2b export`)"
+            f"packed model {source} has format version {version}, this r2b reads "
+            f"version {FORMAT_VERSION}; export it again with this r2b (`r2b export`)"
         )
-    data_start = _PREFIX.size + head_len
-    if data_start + _CRC.size > len(data):
-        raise fail(f"truncated ({len(data)} bytes, header alone needs {data_start})")
     try:
-        header = json.loads(data[_PREFIX.size : data_start])
-        need = data_start + int(header["data_nbytes"]) + _CRC.size
-    except (ValueError, KeyError, TypeError):
-        header, need = None, None
-    if need is not None and len(data) < need:
-        raise fail(f"truncated ({len(data)} of {need} bytes)")
-    (crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
-    if header is None or need != len(data) or zlib.crc32(data[: -_CRC.size]) != crc:
+        tensors = st_load(data)
+    except SafetensorError as err:
+        raise fail(f"corrupt ({err})") from None
+    if len(data) != need or _crc(tensors) != record.get("crc32"):
         raise fail("corrupt (checksum or size mismatch)")
-    if header.get("format") != FORMAT or not isinstance(header.get("tensors"), dict):
-        raise fail("corrupt (no tensor table)")
-    tensors = {}
-    body = memoryview(data)[data_start : len(data) - _CRC.size]
-    for name, entry in header["tensors"].items():
-        try:
-            dtype = np.dtype(_DTYPES[entry["dtype"]]).newbyteorder("<")
-            shape = tuple(int(s) for s in entry["shape"])
-            start, nbytes = int(entry["offset"]), int(entry["nbytes"])
-            ok = nbytes == int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            ok = ok and 0 <= start and start + nbytes <= len(body)
-        except (KeyError, TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise fail(f"corrupt (bad table entry for {name!r})")
-        arr = np.frombuffer(body[start : start + nbytes], dtype=dtype).reshape(shape)
-        tensors[name] = arr.astype(dtype.newbyteorder("="), copy=True)
-    return header, tensors
+    header = record.get("model")
+    if not isinstance(header, dict) or not isinstance(header.get("binary_convs"), list):
+        raise fail("corrupt (no binary convolution table)")
+    return header, {k: np.array(v) for k, v in tensors.items()}  # writable copies
+
+
+def _container_header(data: bytes, fail) -> tuple[dict, int]:
+    """The safetensors ``__metadata__`` and the size the header says the file has."""
+    if len(data) < _LENGTH.size:
+        raise fail(f"truncated ({len(data)} bytes)")
+    (length,) = _LENGTH.unpack_from(data)
+    if length > 100_000_000 or data[_LENGTH.size : _LENGTH.size + 1] not in (b"{", b""):
+        raise fail("not an r2b packed model (no safetensors header)")
+    if len(data) < _LENGTH.size + length:
+        raise fail(f"truncated ({len(data)} bytes, header alone needs {_LENGTH.size + length})")
+    try:
+        table = json.loads(data[_LENGTH.size : _LENGTH.size + length])
+        ends = [int(v["data_offsets"][1]) for k, v in table.items() if k != "__metadata__"]
+        metadata = table.get("__metadata__") or {}
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+        raise fail("not an r2b packed model (no safetensors header)") from None
+    if not isinstance(metadata, dict):
+        raise fail("corrupt (metadata is not a table)")
+    return metadata, _LENGTH.size + length + max(ends, default=0)
 
 
 def load(path: str | Path) -> PackedResNet:
@@ -197,7 +209,9 @@ def from_parts(header: dict, tensors: dict[str, np.ndarray], source: str) -> Pac
     binary = {id(m) for m in getattr(model, "binary_convs", list)()}
     names = {n: m for n, m in model.named_modules() if id(m) in binary}
     specs = header.get("binary_convs") or []
-    if [s.get("name") for s in specs] != list(names):
+    if not all(_conv_entry_ok(s) for s in specs):
+        raise fail("inconsistent (a binary convolution entry has missing or mistyped fields)")
+    if [s["name"] for s in specs] != list(names):
         raise fail("inconsistent (its binary convolutions do not match the architecture)")
     state = {}
     for key, value in model.state_dict().items():
@@ -226,3 +240,15 @@ def from_parts(header: dict, tensors: dict[str, np.ndarray], source: str) -> Pac
             alpha=None if alpha is None else torch.from_numpy(alpha),
         ))  # fmt: skip
     return assemble(model, convs)
+
+
+def _conv_entry_ok(entry: object) -> bool:
+    """A ``binary_convs`` entry with the fields ``from_parts`` reads, of the right types."""
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("name"), str)
+        and isinstance(entry.get("bits"), str)
+        and (entry.get("alpha") is None or isinstance(entry.get("alpha"), str))
+        and isinstance(entry.get("pad_value", 1.0), (int, float))
+        and not isinstance(entry.get("pad_value", 1.0), bool)
+    )

@@ -40,9 +40,8 @@ def pack_filter(weight: torch.Tensor | np.ndarray) -> np.ndarray:
     bits = np.transpose(w < 0, (0, 2, 3, 1))
     words = -(-i // BITS)
     bits = np.concatenate([bits, np.zeros((o, kh, kw, words * BITS - i), bool)], axis=3)
-    bits = bits.reshape(o, kh, kw, words, BITS).astype(np.uint64)
-    packed = (bits << np.arange(BITS, dtype=np.uint64)).sum(axis=-1).astype(np.uint32)
-    return packed.view(np.int32)
+    packed = np.packbits(bits, axis=3, bitorder="little")  # bytes, lowest channel first
+    return np.ascontiguousarray(packed).view("<u4").astype(np.uint32).view(np.int32)
 
 
 def bn_affine(bn: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
@@ -62,7 +61,8 @@ def _pair(v) -> tuple[int, int]:
 
 
 class SizeError(Exception):
-    """A layer would get an empty input or output at the requested input size."""
+    """The network does not fit the requested input size: a layer would get an empty map, or a
+    residual add would join maps of two sizes (a stride-2 conv and a 2x2 pool of an odd size)."""
 
 
 def _plan_dim(n: int, k: int, s: int, p: int) -> tuple[str, int, int, int]:
@@ -72,7 +72,7 @@ def _plan_dim(n: int, k: int, s: int, p: int) -> tuple[str, int, int, int]:
     ``before``/``after`` rows, then VALID). ``after`` is the padding PyTorch actually reads."""
     out = (n + 2 * p - k) // s + 1
     if n < 1 or out < 1:
-        raise SizeError
+        raise SizeError()
     after = max(0, (out - 1) * s + k - n - p)
     if p == 0:
         return "VALID", 0, 0, out
@@ -97,8 +97,9 @@ class _Translator:
     """Writes the ops of one network into a ``Graph``; every method takes and returns tensor
     indices of NHWC float32 activations (``bconv`` reads float and writes float)."""
 
-    def __init__(self, batch: int, probes) -> None:
+    def __init__(self, batch: int, probes, dry: bool = False) -> None:
         self.g = Graph()
+        self.dry = dry  # shapes only: the bitpacked filters are left zero
         self.batch = batch
         self.kinds = set(PROBES if probes is True else (probes or ()))
         if self.kinds - set(PROBES):
@@ -115,7 +116,10 @@ class _Translator:
             self.probes.append((name, t))
 
     def binary(self, code: str, a: int, b: int, name: str) -> int:
-        out = self.act(name, self.g.shape(a))
+        sa, sb = self.g.shape(a), self.g.shape(b)
+        if code == "ADD" and self.g.tensors[b].data is None and sa != sb:  # residual adds
+            raise SizeError(f"{name} would add maps of {sa[1]}x{sa[2]} and {sb[1]}x{sb[2]}")
+        out = self.act(name, sa)
         self.g.op(code, [a, b], [out], f"{code.title()}Options", fused_activation_function=0)
         return out
 
@@ -303,8 +307,8 @@ class _Translator:
             q = self.pad(q, pads, name)  # int32 zeros: bit 0 = +1 on every channel
             self.padded_bconvs += 1
         sh, sw = _pair(conv.stride)
-        filt = pack_filter(conv.weight)
-        o = filt.shape[0]
+        o, _, kh, kw = conv.weight.shape
+        filt = np.zeros((o, kh, kw, words), np.int32) if self.dry else pack_filter(conv.weight)
         out = self.act(f"{name}/out", (n, oh, ow, o))
         opts = flexbuffer_map(
             {
@@ -348,7 +352,7 @@ class _Translator:
             )
         self.probe(f"{name}/y", y)
         o = conv.out_channels
-        alpha = conv.weight_alpha()
+        alpha = None if self.dry else conv.weight_alpha()
         mul = _np(alpha) if alpha is not None else np.ones(o)
         add = _np(conv.bias) * mul if conv.bias is not None else np.zeros(o)
         post_m, post_b = bn_affine(half.post) if half.post is not None else (np.ones(o), None)
@@ -453,49 +457,61 @@ def translate(
     h, w = _input_hw(input_size)
     if batch_size < 1:
         raise UserError("batch size must be at least 1")
-    if not isinstance(spec.pool, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)):
-        raise UserError("the network's pool cannot be exported (AdaptiveAvgPool2d(1))")
+    pool = spec.pool
+    if not isinstance(pool, nn.AdaptiveAvgPool2d) or _pair(pool.output_size) != (1, 1):
+        raise UserError("the network's pool cannot be exported (AdaptiveAvgPool2d(1) only)")
     c_in = next(m for m in spec.stem.modules() if isinstance(m, nn.Conv2d)).in_channels
-    tr = _Translator(batch_size, probes)
-    x = tr.act("input", (batch_size, h, w, c_in))
-    tr.g.inputs = [x]
     try:
-        if mean is not None or std is not None:
-            m = 1.0 / np.asarray(std if std is not None else [1.0] * c_in, np.float64)
-            b = -np.asarray(mean if mean is not None else [0.0] * c_in, np.float64) * m
-            x = tr.affine(x, m, b, "normalize")
-        x = tr.sequence(x, list(spec.stem), "stem")
-        for half in spec.halves:
-            x = tr.half(x, half)
-        if isinstance(spec.pool, nn.AdaptiveAvgPool2d) and _pair(spec.pool.output_size) != (1, 1):
-            raise UserError("the network's pool cannot be exported (AdaptiveAvgPool2d(1))")
-        x = (
-            tr.global_pool(x, "pool")
-            if isinstance(spec.pool, nn.AdaptiveAvgPool2d)
-            else (tr.pool2d(x, spec.pool, "pool"))
-        )
-        if tuple(tr.g.shape(x)[1:3]) != (1, 1):
-            raise UserError("the network's pool must leave a 1x1 map")
-        fc = spec.fc
-        logits = tr.fc(x, _np(fc.weight), _np(fc.bias) if fc.bias is not None else None, "fc")
-    except SizeError:
+        tr = _build(spec, (batch_size, h, w, c_in), probes, mean, std)
+    except SizeError as err:
+        detail = f" ({err})" if str(err) else " (a layer gets an empty map)"
         raise UserError(
-            f"input size {h}x{w} is too small for this network (a layer gets an "
-            f"empty map); use at least {_min_size(model, batch_size)}"
+            f"input size {h}x{w} does not fit this network{detail}; "
+            f"{_sizes_that_fit(spec, c_in, h)}"
         ) from None
-    tr.g.tensors[logits].name = "logits"
-    tr.g.outputs = [logits] + [t for _, t in tr.probes]
     return tr.g, tr
 
 
-def _min_size(model: nn.Module, batch_size: int) -> str:
-    for n in range(1, 1025):
+def _build(spec: BinaryNetSpec, input_shape, probes=False, mean=None, std=None,
+           dry=False) -> _Translator:  # fmt: skip
+    """Write the graph; raises ``SizeError`` where a layer does not fit ``input_shape``."""
+    tr = _Translator(input_shape[0], probes, dry)
+    x = tr.act("input", input_shape)
+    tr.g.inputs = [x]
+    c_in = input_shape[3]
+    if mean is not None or std is not None:
+        m = 1.0 / np.asarray(std if std is not None else [1.0] * c_in, np.float64)
+        b = -np.asarray(mean if mean is not None else [0.0] * c_in, np.float64) * m
+        x = tr.affine(x, m, b, "normalize")
+    x = tr.sequence(x, list(spec.stem), "stem")
+    for half in spec.halves:
+        x = tr.half(x, half)
+    x = tr.global_pool(x, "pool")
+    fc = spec.fc
+    logits = tr.fc(x, _np(fc.weight), _np(fc.bias) if fc.bias is not None else None, "fc")
+    tr.g.tensors[logits].name = "logits"
+    tr.g.outputs = [logits] + [t for _, t in tr.probes]
+    return tr
+
+
+def _sizes_that_fit(spec: BinaryNetSpec, channels: int, near: int) -> str:
+    """Which square input sizes the network takes: the smallest, and the next one above
+    ``near`` (every downsampling half block needs an even map: its stride-2 conv and its 2x2
+    average-pool shortcut must give the same size)."""
+
+    def fits(n: int) -> bool:
         try:
-            translate(model, n, batch_size)
-            return str(n)
-        except UserError:
-            continue
-    return "a larger size"
+            _build(spec, (1, n, n, channels), dry=True)
+            return True
+        except SizeError:
+            return False
+
+    smallest = next((n for n in range(1, 1025) if fits(n)), None)
+    if smallest is None:
+        return "no size up to 1024 fits"
+    above = next((n for n in range(max(near, smallest), near + 257) if fits(n)), None)
+    text = f"the smallest that fits is {smallest}"
+    return text + (f", the next one from {near} up is {above}" if above and near > smallest else "")
 
 
 def export(

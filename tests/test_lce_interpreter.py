@@ -1,0 +1,106 @@
+"""Exported files in LCE's own interpreter (larq-compute-engine 0.16.0, in a second venv built
+once by ``r2b.lce.runtime.ensure_venv``; these tests skip, saying why, where it cannot be built).
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from r2b.layers import BinaryConv2d
+from r2b.lce import bconv_flatbuffer, export
+from r2b.lce.check import binary_dots, compare, randomize_
+from r2b.lce.runtime import LceUnavailable, ensure_venv, run
+from r2b.models import create_model, list_models
+
+
+@pytest.fixture(scope="module")
+def lce_python():
+    try:
+        return ensure_venv()
+    except LceUnavailable as err:
+        pytest.skip(f"LCE's interpreter is not available here: {err}")
+
+
+def _conv(c_in, c_out, stride, gen):
+    conv = BinaryConv2d(
+        c_in, c_out, 3, stride, 1, input_quantizer="ste_sign", weight_quantizer="ste_sign",
+        weight_scale=True,
+    )  # fmt: skip
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen))
+        conv.weight[0, : c_in // 2] = 0.0  # sign(0) = +1 for weights too
+        conv.weight[-1, : c_in // 2] = -0.0
+    return conv
+
+
+@pytest.mark.parametrize("kernel", ["default", "reference", "indirect"])
+def test_binary_conv_is_exact(tmp_path, lce_python, kernel):
+    """LceQuantize + LceBconv2d as exported, with multiplier 1, give r2b's integer dot products
+    bit for bit: one-padding, the bitpacked layout (channels not a multiple of 32 too), stride 2
+    on even sizes (explicit PAD) and odd ones (SAME), and sign(0) = sign(-0.0) = +1."""
+    gen = torch.Generator().manual_seed(0)
+    jobs, expected = [], []
+    for c_in, c_out, stride, hw in [(16, 24, 1, 9), (40, 64, 2, 8), (64, 32, 2, 7), (33, 5, 1, 5)]:
+        conv = _conv(c_in, c_out, stride, gen)
+        y = torch.randn(6, c_in, hw, hw, generator=gen)
+        y[0, :, 0, :] = 0.0
+        y[1, :, :, 0] = -0.0
+        path = tmp_path / f"c{c_in}_{stride}_{hw}.tflite"
+        path.write_bytes(bconv_flatbuffer(conv, hw))
+        jobs.append(
+            {"tflite": str(path), "inputs": y.permute(0, 2, 3, 1).numpy(), "kernel": kernel}
+        )
+        expected.append(binary_dots(y, conv).permute(0, 2, 3, 1).numpy())
+    for want, got in zip(expected, run(jobs, lce_python)):
+        np.testing.assert_array_equal(got["outputs"][0], want)
+
+
+def test_every_family_and_stem_matches_r2b(lce_python):
+    """256 random inputs per model, random weights and BatchNorm statistics, width 0.25: the
+    figures of ``r2b.lce.check.compare`` (benchmarks/lce_check.py records them at scale)."""
+    cases = []
+    for i, name in enumerate(list_models(binary=True)):
+        for j, (stem, size) in enumerate([("cifar", 32), ("imagenet", 64)]):
+            torch.manual_seed(10 * i + j)
+            model = create_model(name, stem=stem, width=0.25, num_classes=10)
+            cases.append({"label": f"{name}/{stem}", "input_size": size,
+                          "model": randomize_(model, 10 * i + j).eval()})  # fmt: skip
+    reports = compare(cases, n_inputs=256, n_probe=8, python=lce_python)
+    for r in reports:
+        print(json.dumps({k: v for k, v in r.items() if k != "ops"}))
+    for r in reports:
+        assert r["inputs"] >= 256
+        assert r["top1_agree"] >= 0.99, r["label"]
+        assert r["probes_leave_logits"], r["label"]
+        # the binary convs compute r2b's integer dot products exactly
+        assert r["bconv_exact"] and r["bconv_max_dot_error"] < 0.01, r["label"]
+        # given the same block input, only rounding-level values flip
+        assert r["one_step_flip_max_rel"] <= 1e-5, r["label"]
+        # end to end: a few inputs flip a binarised value, each first at a value within
+        # rounding of 0; the other inputs' logits agree to float rounding
+        assert r["inputs_with_flips"] <= 0.05 * r["inputs"], r["label"]
+        assert r["first_flip_max_rel"] <= 1e-5, r["label"]
+        assert r["rel_max_diff_without_flips"] <= 1e-4, r["label"]
+        if r["inputs_with_flips"] == 0:
+            assert r["rel_max_diff"] <= 1e-2, r["label"]
+
+
+def test_full_size_real_to_binary(tmp_path, lce_python):
+    """The ImageNet Real-to-Binary net at width 1, 224x224: LCE's binary ops, as many as LCE's
+    own conversion of larq-zoo's RealToBinaryNet has (16 + 16), only ops LCE's runtime has
+    (it loads and runs the file), at most 5.5 MiB."""
+    torch.manual_seed(0)
+    model = randomize_(create_model("r2b_resnet18", stem="imagenet"), 0).eval()
+    info = export(model, tmp_path / "r2b.tflite", input_size=224)
+    assert info["ops"]["LceQuantize"] == 16 and info["ops"]["LceBconv2d"] == 16
+    assert info["bytes"] <= 5.5 * 2**20
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    (got,) = run([{"tflite": info["path"], "inputs": x.permute(0, 2, 3, 1).numpy()}], lce_python)
+    with torch.no_grad():
+        want = model(x).numpy()
+    out = got["outputs"][0]
+    assert out.shape == (2, 1000)
+    assert (out.argmax(1) == want.argmax(1)).all()
+    assert np.abs(out - want).max() / np.abs(want).max() <= 1e-2

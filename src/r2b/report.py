@@ -12,7 +12,9 @@ STAGE fields (accuracies in percent, 0-100; missing fields print as "-"):
 after the last epoch), ``best_top1`` / ``best_epoch`` (best test top-1 and its epoch),
 optional ``best_top5`` (top-5 at the best epoch), ``seconds`` (training time), optional
 ``dir`` (stage folder relative to RUN, default ``name``) and ``metrics`` (metrics.csv path relative
-to RUN, default ``<dir>/metrics.csv``).
+to RUN, default ``<dir>/metrics.csv``), optional ``best_val_top1`` (validation top-1 of the best
+epoch, when the run had a validation split: then the best epoch was chosen on it, and the table
+gets a "val top-1" column; ``results["selection"]`` says "val" or "test").
 
 metrics.csv columns read: ``epoch``, the training loss (``train_loss`` or ``loss``), ``test_top1``;
 others (``step, ce, kd, att, test_top5, lr, flip_ratio``, ...) are ignored by the plots.
@@ -29,11 +31,14 @@ others (``step, ce, kd, att, test_top5, lr, flip_ratio``, ...) are ignored by th
   PNG in the run folder, e.g. ``attention.png`` made by the trainer with ``plot_attention``).
 
 Figures use ``matplotlib.figure.Figure`` directly (the Agg canvas, no pyplot state, no display).
+Files are written atomically (``r2b.train.checkpoint.atomic_write``): a full disk leaves the old
+report and a one-line error, never half a PNG.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -45,10 +50,12 @@ from torch import nn
 
 from r2b.errors import UserError
 from r2b.losses import attention_map
+from r2b.train.checkpoint import atomic_write
 
 TABLE_COLUMNS = (
     "stage", "model", "variant", "teacher", "epochs", "best top-1", "top-5", "final top-1", "time",
 )  # fmt: skip
+VAL_COLUMN = "val top-1"  # after "best top-1" when any stage has best_val_top1
 DEFAULT_POINTS = (1, 3, 5, 7)  # last block of each of the 4 ResNet stages
 CURVES_PNG = "curves.png"
 REPORT_MD = "report.md"
@@ -58,15 +65,14 @@ REPORT_MD = "report.md"
 
 
 def _num(value, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{float(value):.{digits}f}"
+    value = _float(value) if value is not None else math.nan
+    return "-" if math.isnan(value) else f"{value:.{digits}f}"
 
 
 def _duration(seconds) -> str:
-    if seconds is None:
+    seconds = _float(seconds) if seconds is not None else math.nan
+    if math.isnan(seconds):
         return "-"
-    seconds = float(seconds)
     if seconds < 60:
         return f"{seconds:.1f} s"
     if seconds < 3600:
@@ -74,7 +80,7 @@ def _duration(seconds) -> str:
     return f"{seconds / 3600:.2f} h"
 
 
-def _row(stage: Mapping) -> list[str]:
+def _row(stage: Mapping, val: bool) -> list[str]:
     best = _num(stage.get("best_top1"))
     if best != "-" and stage.get("best_epoch") is not None:
         best = f"{best} (ep {stage['best_epoch']})"
@@ -86,10 +92,15 @@ def _row(stage: Mapping) -> list[str]:
         str(stage.get("teacher") or "-"),
         str(stage.get("epochs", "-")),
         best,
+        *([_num(stage.get("best_val_top1"))] if val else []),
         _num(top5),
         _num(stage.get("top1")),
         _duration(stage.get("seconds")),
     ]
+
+
+def _has_validation(stages: Sequence[Mapping]) -> bool:
+    return any(s.get("best_val_top1") is not None for s in stages)
 
 
 def results_table(results: Mapping) -> str:
@@ -97,9 +108,13 @@ def results_table(results: Mapping) -> str:
     stages = results.get("stages")
     if not isinstance(stages, list):
         raise ValueError('results must hold a list under "stages"')
-    rows = [list(TABLE_COLUMNS)] + [_row(s) for s in stages]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_COLUMNS))]
-    numeric = {4, 5, 6, 7, 8}
+    val = _has_validation(stages)
+    header = list(TABLE_COLUMNS)
+    if val:
+        header.insert(header.index("best top-1") + 1, VAL_COLUMN)
+    rows = [header] + [_row(s, val) for s in stages]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    numeric = set(range(4, len(header)))
 
     def line(cells: list[str]) -> str:
         padded = [
@@ -179,7 +194,9 @@ def _plot_present(ax, x: Sequence[float], y: Sequence[float], color: str, label:
 def _save(fig: Figure, out_png: str | Path) -> Path:
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write(out, buf.getvalue())
     return out
 
 
@@ -277,8 +294,11 @@ def load_results(run_dir: str | Path) -> dict:
         results = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise UserError(f"{path} is not valid JSON ({err}); rerun training to rewrite it") from err
-    if not isinstance(results.get("stages"), list):
-        raise UserError(f'{path} has no "stages" list; rerun training to rewrite it')
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {path} ({err}); check the file") from None
+    stages = results.get("stages") if isinstance(results, dict) else None
+    if not isinstance(stages, list) or not all(isinstance(st, dict) for st in stages):
+        raise UserError(f'{path} has no "stages" list of records; rerun training to rewrite it')
     return results
 
 
@@ -303,7 +323,17 @@ def write_report(run_dir: str | Path) -> Path:
     facts = [f"{k}: {results[k]}" for k in ("dataset", "device") if results.get(k)]
     if facts:
         lines += ["; ".join(facts), ""]
-    note = "Accuracies in percent on the test split; best top-1 with its epoch."
+    if results.get("selection") == "val" or _has_validation(results["stages"]):
+        note = (
+            "Accuracies in percent. The best epoch is the one of best validation top-1 (a split "
+            "held out of the training images); best top-1 and top-5 are the test accuracies of "
+            "that epoch, final top-1 the test top-1 after the last epoch."
+        )
+    else:
+        note = (
+            "Accuracies in percent on the test split; best top-1 with its epoch (chosen on the "
+            "test split: the run had no validation split, data.val_fraction 0)."
+        )
     lines += ["## Results", "", results_table(results), "", note, ""]
     if metrics:
         plot_curves(metrics, run_dir / CURVES_PNG)
@@ -317,5 +347,5 @@ def write_report(run_dir: str | Path) -> Path:
     if links:
         lines += ["## Files", "", ", ".join(links), ""]
     out = run_dir / REPORT_MD
-    out.write_text("\n".join(lines))
+    atomic_write(out, "\n".join(lines).encode())
     return out

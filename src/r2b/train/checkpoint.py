@@ -29,6 +29,7 @@ records miss keys or hold the wrong types is a ``UserError`` that says which, ne
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import random
@@ -70,9 +71,21 @@ def atomic_write(path: str | Path, data: bytes) -> None:
             tmp.unlink()
         kept = f"; the previous {path.name} is unchanged" if path.is_file() else ""
         raise UserError(
-            f"cannot write {path} ({err.strerror or err}); free disk space or write to another "
-            f"folder (--out){kept}"
+            f"cannot write {path} ({err.strerror or err}); {_write_advice(err)}{kept}"
         ) from None
+
+
+def _write_advice(err: OSError) -> str:
+    """What to do about a failed write, by its errno."""
+    if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return "free disk space (or raise the file-size limit) or write to another folder"
+    if err.errno == errno.EISDIR:
+        return "that is a folder: give a file name, or another output path"
+    if err.errno in (errno.ENOTDIR, errno.ENOENT):
+        return "a part of the path is not an existing folder: choose another output path"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "the folder is not writable: choose another output path"
+    return "check the output folder, or choose another one"
 
 
 def _cpu_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -4,8 +4,10 @@
   new ``runs/<name>-<time>`` folder.
 - ``r2b train --config FILE [--set KEY=VALUE ...] [--out DIR] [--resume]``; with ``--resume`` the
   run's saved ``config.yaml`` is the base (``--set runtime.*`` may still change devices).
-- ``r2b eval CHECKPOINT [--data NAME|DIR] [--root DIR]``: top-1/top-5 of a weights file on the
-  test split of the data it was trained on, or of the given data.
+- ``r2b eval CHECKPOINT [--data NAME|DIR] [--root DIR] [--split test|val|train]``: top-1/top-5
+  of a weights file on the data it was trained on (the whole test split; ``val``: the run's
+  validation split, rebuilt from its seed and ``data.val_fraction``; ``train``: the images it
+  was trained on), or on the given data.
 """
 
 from __future__ import annotations
@@ -49,10 +51,10 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
         "train/ and test/ (default: the data the checkpoint was trained on)",
     )  # fmt: skip
     p.add_argument("--root", help="data folder of the dataset named by --data")
-    p.add_argument("--split", choices=["test", "train"], default="test")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--split", choices=["test", "val", "train"], default="test")
+    p.add_argument("--batch-size", type=int, default=500, help="images per batch (500)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only N images")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (gpu = cuda)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run_eval)
 
@@ -129,11 +131,43 @@ def run_train(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- eval
 
 
-def _eval_data(args: argparse.Namespace, info: dict):
-    from r2b.data import DATASETS, build_dataset
-    from r2b.train.pipeline import _limit
+def _eval_device(text: str):
+    """The torch device of ``--device``; UserError for unknown names or a missing GPU."""
+    import torch
 
-    data = dict(info.get("data") or {})
+    name = text.strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = "cuda" + name[3:] if name.startswith("gpu") else name
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {text!r} is not a device; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"--device {text}: no CUDA GPU is visible; use --device cpu (or auto)")
+        if device.index is not None and device.index >= count:
+            raise UserError(f"--device {text}: there are only {count} GPUs (cuda:0..{count - 1})")
+    return device
+
+
+def _eval_data(args: argparse.Namespace, info: dict):
+    """(dataset, data record) that ``r2b eval`` measures: the run's split, or ``--data``."""
+    from dataclasses import fields
+
+    from r2b.data import DATASETS, limit
+    from r2b.train.config import DataConfig, _from_mapping
+    from r2b.train.pipeline import load_split
+
+    data = info.get("data") or {}
+    if not isinstance(data, dict):
+        raise UserError(
+            f"checkpoint {args.checkpoint} has a malformed info.data record; pass --data"
+        )
+    seed = data.get("seed", 0)
     if args.data:
         if args.data in DATASETS:
             data = {"name": args.data, "root": args.root}
@@ -145,27 +179,32 @@ def _eval_data(args: argparse.Namespace, info: dict):
                 "folder; check the name or path"
             )
     elif args.root:
-        data["root"] = args.root
+        data = {**data, "root": args.root}
     if not data.get("name"):
         raise UserError("the checkpoint does not say what data it was trained on; pass --data")
-    ds = build_dataset(
-        data["name"], root=data.get("root"), split=args.split, image_size=data.get("image_size"),
-        in_memory=data.get("in_memory"), random_crop=False,
-    )  # fmt: skip
-    return _limit(ds, args.limit), data
+    known = {f.name for f in fields(DataConfig)}
+    try:
+        cfg = _from_mapping(DataConfig, {k: v for k, v in data.items() if k in known}, "data")
+    except UserError as err:
+        raise UserError(
+            f"checkpoint {args.checkpoint} has a malformed data record ({err}); pass --data"
+        ) from None
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise UserError(f"checkpoint {args.checkpoint} has a malformed data.seed; pass --data")
+    cfg.test_limit = None  # the whole test split, whatever the run used; --limit cuts it
+    return limit(load_split(cfg, args.split, seed), args.limit), data
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    import torch
-
     from r2b.data import build_augment, num_classes
     from r2b.train.checkpoint import describe_arch, load_model, read_weights
     from r2b.train.evaluate import eval_batches, evaluate
 
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size is {args.batch_size}; give 1 or more images per batch")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit is {args.limit}; give 1 or more images (or leave it out)")
+    device = _eval_device(args.device)
     _, arch, info = read_weights(args.checkpoint)
     ds, data = _eval_data(args, info)
     if arch.get("num_classes") not in (None, num_classes(ds)):

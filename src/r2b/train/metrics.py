@@ -25,6 +25,7 @@ from r2b.train.checkpoint import atomic_write
 
 COLUMNS = (
     "epoch", "step", "lr", "loss", "ce", "kd", "att", "train_top1",
+    "val_loss", "val_top1", "val_top5",  # empty without a validation split (data.val_fraction)
     "test_loss", "test_top1", "test_top5", "flip_ratio", "time_s",
 )  # fmt: skip
 

@@ -8,25 +8,41 @@ match: ``fp``, ``ban`` and ``bnn`` of one family share their parameter names); t
 (``r2b.train.loop``). A finished stage leaves ``<stage>/result.json``; a resumed run skips
 finished stages and continues the unfinished one from its ``state.safetensors``.
 
+Before anything is written, everything that can be checked is: the config (``validate``), the
+run folder (not another run's unless resuming, not locked by a live process, creatable), the
+data, and every stage against the data (augmentations that fit its kind, a batch that fits its
+size, the image size), so a mistake in the last stage does not surface after hours of training.
+
+With ``data.val_fraction`` > 0 a class-balanced validation split is carved from the training
+images (``r2b.data.splits``); each stage's ``best.safetensors`` is its epoch of best validation
+top-1, so every teacher and ``init_from`` is chosen on validation data and the test split is only
+reported. With 0 (the default) the best epoch is chosen on test top-1, as before.
+
+While it trains, the run holds ``RUN/train.lock`` (``r2b.train.lock``) and SIGTERM/SIGINT stop it
+after the current step with a resumable state (``r2b.train.guard``).
+
 Run directory layout: see ``RUN_LAYOUT`` below (and the README). Only rank 0 writes.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from r2b.data import build_augment, build_dataset, num_classes
+from r2b.data import build_augment, build_dataset, limit, num_classes, validation_split
 from r2b.data.memory import InMemoryImageDataset
-from r2b.data.seeds import derive_seed
-from r2b.errors import UserError
+from r2b.data.seeds import seed_global_rngs
+from r2b.errors import RunStopped, UserError
 from r2b.models import create_model
 from r2b.train.checkpoint import atomic_write, load_model, load_state_into, read_weights
 from r2b.train.config import DataConfig, PipelineConfig, StageConfig, dump_yaml, to_dict
-from r2b.train.loop import BEST_FILE, StageJob, train_stage
+from r2b.train.guard import StopSignals, stop_agreed
+from r2b.train.lock import LOCK_FILE, RunLock, check_unlocked
+from r2b.train.loop import BEST_FILE, StageJob, check_batch_fits, train_stage
 from r2b.train.runtime import describe, is_writer, make_fabric, use_channels_last
 
 CONFIG_FILE = "config.yaml"
@@ -41,25 +57,50 @@ RUN/<stage>/metrics.csv   one row per epoch: losses, accuracies, lr, flip ratio
 RUN/<stage>/best.safetensors, last.safetensors   weights (+ architecture and info metadata)
 RUN/<stage>/state.safetensors                    resumable training state
 RUN/<stage>/result.json   present once the stage has finished
+RUN/train.lock            while a run trains in the folder (pid, host)
 """
+#: config keys that ``--resume`` may change in a stage that has not finished (after a diverged
+#: loss: resume with a lower learning rate); ``runtime.*`` may always change
+RESUME_MAY_CHANGE = re.compile(r"^stages\[(\d+)\]\.optim\.lr$")
 
 
 # --------------------------------------------------------------------------- run directory
 
 
-def check_run_dir(run_dir: Path, cfg: PipelineConfig, resume: bool) -> None:
-    """Refuse to overwrite a run; on ``resume`` require the same config as the saved one.
+def _check_creatable(run_dir: Path) -> None:
+    """The nearest existing folder above ``run_dir`` is a folder (not a file)."""
+    for parent in run_dir.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(
+                    f"cannot create the run folder {run_dir}: {parent} is a file, not a folder; "
+                    "choose another --out"
+                )
+            return
 
-    Only ``runtime`` (devices, precision, threads) may differ between a run and its resumption.
+
+def _holds_files(run_dir: Path) -> bool:
+    return any(p.name != LOCK_FILE for p in run_dir.iterdir())
+
+
+def check_run_dir(run_dir: Path, cfg: PipelineConfig, resume: bool) -> bool:
+    """Refuse to overwrite a run, or to use a folder a live run holds; on ``resume`` require the
+    same config as the saved one. Returns whether the saved config is to be rewritten.
+
+    Only ``runtime`` (devices, precision, threads) and, in stages that have not finished, the
+    learning rate (``RESUME_MAY_CHANGE``) may differ between a run and its resumption.
     """
     saved = run_dir / CONFIG_FILE
+    if run_dir.is_dir():
+        check_unlocked(run_dir)
     if not resume:
-        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        if run_dir.exists() and (not run_dir.is_dir() or _holds_files(run_dir)):
             raise UserError(
                 f"output directory {run_dir} already exists and is not empty; pass --resume to "
                 "continue the run in it, or choose a new --out"
             )
-        return
+        _check_creatable(run_dir)
+        return False
     if not saved.is_file():
         raise UserError(
             f"--resume: {run_dir} holds no run ({CONFIG_FILE} is missing); give the --out "
@@ -70,13 +111,23 @@ def check_run_dir(run_dir: Path, cfg: PipelineConfig, resume: bool) -> None:
     old = to_dict(load_config(saved))
     new = to_dict(cfg)
     old.pop("runtime"), new.pop("runtime")
-    if old != new:
-        keys = _diff_keys(old, new)
+    keys = _diff_keys(old, new)
+    refused = [k for k in keys if not _may_change(k, cfg, run_dir)]
+    if refused:
         raise UserError(
             f"--resume: the config differs from the run's saved {saved} "
-            f"(at {', '.join(keys[:3])}); "
-            "resume without --config/--set (the saved config is used) or start a new --out"
+            f"(at {', '.join(refused[:3])}); "
+            "resume without --config/--set (the saved config is used; --set runtime.* and "
+            "an unfinished stage's optim.lr may change) or start a new --out"
         )
+    return bool(keys)
+
+
+def _may_change(key: str, cfg: PipelineConfig, run_dir: Path) -> bool:
+    match = RESUME_MAY_CHANGE.match(key)
+    if not match or int(match.group(1)) >= len(cfg.stages):
+        return False
+    return not (run_dir / cfg.stages[int(match.group(1))].name / STAGE_RESULT).is_file()
 
 
 def _diff_keys(a, b, prefix="") -> list[str]:
@@ -100,31 +151,80 @@ def write_json(path: Path, data) -> None:
 # --------------------------------------------------------------------------- data
 
 
-def _limit(ds, n: int | None):
-    """A class-balanced subset of the first ``n`` images (round-robin over classes)."""
-    if n is None or n >= len(ds):
-        return ds
-    if not isinstance(ds, InMemoryImageDataset):
-        raise UserError("data.train_limit/test_limit need an in-memory dataset; remove the limit")
-    targets = ds.targets
-    rank = torch.zeros_like(targets)
-    for c in targets.unique():
-        where = (targets == c).nonzero().flatten()
-        rank[where] = torch.arange(len(where))
-    order = sorted(range(len(targets)), key=lambda i: (int(rank[i]), int(targets[i])))
-    idx = torch.tensor(sorted(order[:n]))
-    return InMemoryImageDataset(
-        ds.images[idx], ds.targets[idx], ds.classes, ds.kind, ds.mean, ds.std, ds.name, ds.split
-    )
+def _dataset_kw(cfg: DataConfig, seed: int) -> dict:
+    return dict(root=cfg.root, download=cfg.download, image_size=cfg.image_size,
+                in_memory=cfg.in_memory, seed=seed)  # fmt: skip
 
 
-def load_data(cfg: DataConfig, seed: int = 0):
-    """(train split, test split) of the configured dataset, limited when asked."""
-    kw = dict(root=cfg.root, download=cfg.download, image_size=cfg.image_size,
-              in_memory=cfg.in_memory, seed=seed)  # fmt: skip
-    train = build_dataset(cfg.name, split="train", **kw)
-    test = build_dataset(cfg.name, split="test", random_crop=False, **kw)
-    return _limit(train, cfg.train_limit), _limit(test, cfg.test_limit)
+def _train_and_val(cfg: DataConfig, seed: int, random_crop: bool = True):
+    kw = _dataset_kw(cfg, seed)
+    train = build_dataset(cfg.name, split="train", random_crop=random_crop, **kw)
+    train, val = validation_split(limit(train, cfg.train_limit), cfg.val_fraction, seed)
+    if val is not None and len(val) == 0:
+        raise UserError(
+            f"data.val_fraction {cfg.val_fraction} leaves no validation images (no class has "
+            "two or more); raise data.train_limit or set data.val_fraction to 0"
+        )
+    return train, val
+
+
+def load_test(cfg: DataConfig, seed: int = 0):
+    """The test split, limited to ``test_limit`` images (class-balanced)."""
+    test = build_dataset(cfg.name, split="test", random_crop=False, **_dataset_kw(cfg, seed))
+    return limit(test, cfg.test_limit)
+
+
+def load_data(cfg: DataConfig, seed: int = 0, random_crop: bool = True):
+    """(train, validation or None, test) splits of the configured dataset.
+
+    ``train_limit`` picks a class-balanced subset of the training split; ``val_fraction`` of it
+    (per class, fixed by ``seed``) becomes the validation split and the rest is trained on.
+    """
+    train, val = _train_and_val(cfg, seed, random_crop)
+    return train, val, load_test(cfg, seed)
+
+
+def load_split(cfg: DataConfig, split: str, seed: int = 0):
+    """One split as a run saw it: "train" (the images trained on), "val" or "test" (evaluation
+    crops throughout: what ``r2b eval`` measures)."""
+    if split == "test":
+        return load_test(cfg, seed)
+    train, val = _train_and_val(cfg, seed, random_crop=False)
+    if split == "train":
+        return train
+    if val is None:
+        raise UserError(
+            "--split val: this data has no validation split (the run's data.val_fraction is 0, "
+            "or --data names other data); use --split test"
+        )
+    return val
+
+
+def preflight(cfg: PipelineConfig, train_set, eval_sets, world_size: int) -> None:
+    """Check every stage against the data before the first one trains: its batch fits the
+    training images, its augmentations exist for the data's kind and its image size fits (one
+    batch of two images goes through each stage's augmentation and the evaluation transform)."""
+    image_size = cfg.data.image_size
+    for i, stage in enumerate(cfg.stages):
+        check_batch_fits(stage, len(train_set), world_size)
+        a = stage.augment
+        try:
+            aug = build_augment(
+                train_set, train=True, augment=a.ops, image_size=image_size, pad=a.pad,
+                degrees=a.degrees, jitter=a.jitter,
+            )  # fmt: skip
+            aug(_first_images(train_set, 2)[0])
+        except ValueError as err:
+            raise UserError(
+                f"config key stages[{i}].augment.ops (or data.image_size) does not fit the "
+                f"{train_set.kind}-kind data: {err}"
+            ) from None
+    for ds in eval_sets:
+        try:
+            build_augment(ds, train=False, image_size=image_size)(_first_images(ds, 1)[0])
+        except ValueError as err:
+            msg = f"config key data.image_size {image_size} does not fit: {err}"
+            raise UserError(msg) from None
 
 
 def _to_device(ds, device: torch.device):
@@ -139,8 +239,12 @@ def _to_device(ds, device: torch.device):
 
 
 def build_student(stage: StageConfig, index: int, seed: int, classes: int) -> nn.Module:
-    """The stage's network, initialised from a seed derived from (seed, stage index)."""
-    torch.manual_seed(derive_seed(seed, index))
+    """The stage's network, initialised from a seed derived from (seed, stage index).
+
+    torch's, numpy's and Python's global generators are all seeded from it, so their states
+    (saved in ``state.safetensors``) are the same in two runs of one config.
+    """
+    seed_global_rngs(seed, index)
     return create_model(stage.model.name, **stage.model.create_kwargs(classes))
 
 
@@ -186,6 +290,8 @@ def stage_result(stage: StageConfig, progress: dict) -> dict:
         "best_top1": progress["best_top1"],
         "best_top5": progress["best_top5"],
         "best_epoch": progress["best_epoch"],
+        "best_val_top1": progress.get("best_val_top1"),
+        "selected_on": progress.get("selected_on", "test"),
         "seconds": round(progress["time_s"], 2),
         "dir": stage.name,
     }
@@ -193,15 +299,21 @@ def stage_result(stage: StageConfig, progress: dict) -> dict:
 
 def results_table(results: dict) -> str:
     """Plain-text per-stage table printed at the end of ``r2b train``."""
-    head = f"{'stage':<10} {'model':<14} {'step':<5} {'epochs':>6} {'top-1':>7} {'top-5':>7} " \
-           f"{'best top-1':>10} {'time':>7}"  # fmt: skip
+    val = any(r.get("best_val_top1") is not None for r in results["stages"])
+    head = (
+        f"{'stage':<10} {'model':<14} {'step':<5} {'epochs':>6} {'top-1':>7} {'top-5':>7} "
+        f"{'best top-1':>10}" + (f" {'val top-1':>9}" if val else "") + f" {'time':>7}"
+    )
     lines = [head, "-" * len(head)]
     for r in results["stages"]:
         lines.append(
             f"{r['name']:<10} {r['model']:<14} {r['variant']:<5} {r['epochs']:>6} "
             f"{_pct(r['top1']):>7} {_pct(r['top5']):>7} {_pct(r['best_top1']):>10} "
-            f"{r['seconds']:>6.0f}s"
+            + (f"{_pct(r.get('best_val_top1')):>9} " if val else "")
+            + f"{r['seconds']:>6.0f}s"
         )
+    if val:
+        lines.append("best top-1: test top-1 of the epoch of best validation top-1")
     return "\n".join(lines)
 
 
@@ -266,41 +378,72 @@ def _plot_attention(run_dir: Path, stage: StageConfig, teacher, test_set, cfg, d
 # --------------------------------------------------------------------------- the pipeline
 
 
+def _make_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(
+            f"cannot create the folder {path} ({err.strerror}); choose a writable --out"
+        ) from None
+
+
 def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False, log=print) -> dict:
     """Train every stage of ``cfg`` into ``run_dir``; returns the results record.
 
     Raises UserError, before writing anything, when the run directory holds a run and ``resume``
-    is False, when the data cannot be found, or when the devices cannot be set up.
+    is False, when another live process trains in it, when the data cannot be found, when a stage
+    does not fit the data, or when the devices cannot be set up. During training it raises
+    ``TrainingDiverged`` (a loss turned NaN/inf) and ``RunStopped`` (SIGTERM/SIGINT); both leave
+    a state that ``resume=True`` continues from.
     """
     run_dir = Path(run_dir)
-    check_run_dir(run_dir, cfg, resume)
+    rewrite_config = check_run_dir(run_dir, cfg, resume)
     fabric = make_fabric(cfg.runtime)
     writer = is_writer(fabric)
+    train_set, val_set, test_set = load_data(cfg.data, cfg.seed)
+    preflight(cfg, train_set, [d for d in (val_set, test_set) if d is not None], fabric.world_size)
+    check_init_files(cfg, num_classes(train_set))
+    lock = None
+    try:
+        if writer:
+            _make_dir(run_dir)
+            lock = RunLock(run_dir).acquire()
+            if not resume or rewrite_config:
+                atomic_write(run_dir / CONFIG_FILE, dump_yaml(cfg).encode())
+        fabric.barrier()
+        with StopSignals() as stop:
+            return _run_stages(cfg, run_dir, fabric, (train_set, val_set, test_set), stop, log)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_stages(cfg: PipelineConfig, run_dir: Path, fabric, data, stop: StopSignals, log) -> dict:
+    """The stages of ``run_pipeline`` in order, in a prepared (locked) run folder."""
+    writer = is_writer(fabric)
     say = log if writer else (lambda *_: None)
-    train_set, test_set = load_data(cfg.data, cfg.seed)
-    classes = num_classes(train_set)
-    check_init_files(cfg, classes)
-    if writer:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            atomic_write(run_dir / CONFIG_FILE, dump_yaml(cfg).encode())
-    fabric.barrier()
     device = fabric.device
-    train_set, test_set = _to_device(train_set, device), _to_device(test_set, device)
+    train_set, val_set, test_set = (None if d is None else _to_device(d, device) for d in data)
+    classes = num_classes(train_set)
+    n_val = 0 if val_set is None else len(val_set)
+    val_text = f"{n_val} validation / " if val_set is not None else ""
     say(
         f"r2b train: {cfg.name}, {len(cfg.stages)} stages, {cfg.data.name} data "
-        f"({len(train_set)} train / {len(test_set)} test images, {classes} classes), "
+        f"({len(train_set)} train / {val_text}{len(test_set)} test images, {classes} classes), "
         f"{describe(fabric)} -> {run_dir}"
     )
+    selection = "val" if val_set is not None else "test"
     results = {
         "name": cfg.name, "title": f"r2b training report: {cfg.name}", "seed": cfg.seed,
-        "dataset": f"{cfg.data.name} ({len(train_set)} train / {len(test_set)} test images, "
-                   f"{classes} classes)",
-        "data": {"name": cfg.data.name, "num_classes": classes,
-                 "train_images": len(train_set), "test_images": len(test_set)},
+        "dataset": f"{cfg.data.name} ({len(train_set)} train / {val_text}{len(test_set)} test "
+                   f"images, {classes} classes)",
+        "data": {"name": cfg.data.name, "num_classes": classes, "train_images": len(train_set),
+                 "val_images": n_val, "test_images": len(test_set)},
+        "selection": selection,
         "device": describe(fabric), "world_size": fabric.world_size, "stages": [],
     }  # fmt: skip
-    data_info = {**to_dict(cfg.data), "num_classes": classes, "classes": list(train_set.classes)}
+    data_info = {**to_dict(cfg.data), "seed": cfg.seed, "num_classes": classes,
+                 "classes": list(train_set.classes)}  # fmt: skip
     channels_last = use_channels_last(cfg.runtime, fabric)
     for index, stage in enumerate(cfg.stages):
         stage_dir = run_dir / stage.name
@@ -309,8 +452,14 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False,
             results["stages"].append(json.loads(done.read_text()))
             say(f"[{stage.name}] finished earlier, skipped")
             continue
+        if stop_agreed(fabric, stop.requested):
+            raise RunStopped(
+                f"{stop.name}: stopped before stage {stage.name!r} (the stages before it are "
+                f"finished); continue with: r2b train --out {run_dir} --resume",
+                stop.signum,
+            )
         if writer:
-            stage_dir.mkdir(exist_ok=True)
+            _make_dir(stage_dir)
         fabric.barrier()
         model = build_student(stage, index, cfg.seed, classes)
         teacher = None
@@ -325,6 +474,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False,
             stage_dir=stage_dir, train_set=train_set, test_set=test_set, num_classes=classes,
             info={"pipeline": cfg.name, "stage": stage.name, "data": data_info},
             tb_dir=run_dir / "tb" / stage.name, channels_last=channels_last, log=say,
+            val_set=val_set, stop=stop,
         )  # fmt: skip
         progress = train_stage(fabric, job, model, teacher)
         result = stage_result(stage, progress)

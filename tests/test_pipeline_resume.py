@@ -1,6 +1,10 @@
-"""Kill a training run with SIGKILL in the middle of an epoch, resume it, and reach exactly the
-same final weights as an uninterrupted run with the same seed (CPU, bit for bit)."""
+"""Stop a training run in the middle of an epoch — SIGKILL (nothing saved since the last epoch),
+or SIGTERM/SIGINT (the step finishes and a mid-epoch state is saved) — resume it, and reach
+exactly the same final weights and metrics as an uninterrupted run with the same seed (CPU, bit
+for bit). While a run trains, its folder is locked against a second ``r2b train``; a killed
+run's stale lock is taken over by the resumed one."""
 
+import json
 import os
 import signal
 import subprocess
@@ -9,9 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
+import safetensors
 import torch
 import yaml
 from safetensors.torch import load_file
+
+from r2b.cli import main
+from r2b.train.lock import LOCK_FILE
 
 TINY = {
     "name": "resume",
@@ -36,14 +44,16 @@ TINY = {
 STEPS = 10  # optimiser steps per epoch
 
 
-# Run `r2b train` in a child process that SIGKILLs itself when its optimiser is about to take
-# step KILL_AT of the given stage: a kill at an exact point in the middle of an epoch, whatever
-# the machine's speed. The training code is not changed: the wrapper counts calls of the
-# loop's learning-rate setter, which runs once per optimiser step.
-KILLER = """
-import os, signal, sys
+# Run `r2b train` in a child process that stops itself when its optimiser is about to take step
+# AT of the given stage: at an exact point in the middle of an epoch, whatever the machine's
+# speed. MODE "kill": SIGKILL itself there. MODE "pause:DIR": touch DIR/at_step and wait until
+# DIR/go exists (the test sends its signal from outside meanwhile). The training code is not
+# changed: the wrapper counts calls of the loop's learning-rate setter, once per optimiser step.
+HOOK = """
+import os, signal, sys, time
+from pathlib import Path
 import r2b.train.loop as loop
-stage, kill_at = sys.argv[1], int(sys.argv[2])
+mode, stage, at = sys.argv[1], sys.argv[2], int(sys.argv[3])
 calls = {}
 real_train_stage, real_set_lr = loop.train_stage, loop.set_lr
 def train_stage(fabric, job, model, teacher):
@@ -51,14 +61,19 @@ def train_stage(fabric, job, model, teacher):
     return real_train_stage(fabric, job, model, teacher)
 def set_lr(*args):
     calls[loop.current] = calls.get(loop.current, 0) + 1
-    if loop.current == stage and calls[stage] == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
+    if loop.current == stage and calls[stage] == at:
+        if mode == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        sync = Path(mode.split(":", 1)[1])
+        (sync / "at_step").touch()
+        while not (sync / "go").exists():
+            time.sleep(0.01)
     return real_set_lr(*args)
 loop.set_lr = set_lr
 import r2b.train.pipeline as pipeline
 pipeline.train_stage = train_stage
 from r2b.cli import main
-sys.exit(main(sys.argv[3:]))
+sys.exit(main(sys.argv[4:]))
 """
 
 
@@ -125,13 +140,71 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(reference, tmp_pa
     config, ref = reference
     out = tmp_path / "killed"
     killed = subprocess.run(
-        [sys.executable, "-c", KILLER, stage, str(step), *train_args(config, out)],
+        [sys.executable, "-c", HOOK, "kill", stage, str(step), *train_args(config, out)],
         env=run_env(), capture_output=True, text=True,
     )  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     state = out / stage / "state.safetensors"
     assert state.is_file()  # epoch 1 of the stage was saved; epoch 2 was cut in the middle
+    holder = json.loads((out / LOCK_FILE).read_text())["pid"]  # a killed run keeps its lock,
+    with pytest.raises(ProcessLookupError):  # held by a process that no longer runs...
+        os.kill(holder, 0)
+    resume_and_compare(config, ref, out)  # ...which the resumed run takes over
+    assert not (out / LOCK_FILE).exists()
+
+
+def in_epoch_record(state: Path) -> dict | None:
+    with safetensors.safe_open(str(state), "pt") as f:
+        return json.loads(f.metadata()["state"])["progress"].get("in_epoch")
+
+
+@pytest.mark.parametrize(
+    "sig",
+    [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
+    ids=["SIGTERM", "SIGINT"],
+)
+def test_stop_signal_mid_epoch_saves_state_and_resume_gives_identical_weights(
+    reference, tmp_path, sig, capsys
+):
+    """A signal from outside while a step runs: the step finishes, the state of the middle of
+    the epoch is saved, the process ends at once with 128 + signal; meanwhile the run folder is
+    locked against a second r2b train; --resume then ends with the uninterrupted run's weights."""
+    config, ref = reference
+    out, sync = tmp_path / "stopped", tmp_path / "sync"
+    sync.mkdir()
+    at = STEPS + STEPS // 2  # bnn, epoch 2, batch 5
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOOK, f"pause:{sync}", "bnn", str(at), *train_args(config, out)],
+        env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not (sync / "at_step").exists():
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "the run never reached the step"
+            time.sleep(0.02)
+        assert main(["train", "--out", str(out), "--resume"]) == 2  # a second r2b train
+        err = capsys.readouterr().err
+        assert f"in use by process {proc.pid}" in err and len(err.strip().splitlines()) == 1
+        proc.send_signal(sig)
+        sent = time.monotonic()
+        (sync / "go").touch()
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert time.monotonic() - sent < 60  # one step and one save, not the rest of the run
+    assert proc.returncode == 128 + sig, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    name = signal.Signals(sig).name
+    assert lines[0].startswith(f"stopped: {name}: stage 'bnn' stopped at epoch 2, batch 5/10")
+    assert f"--out {out} --resume" in lines[0]
+    assert in_epoch_record(out / "bnn" / "state.safetensors")["batches"] == 5
+    assert not (out / LOCK_FILE).exists()
     resume_and_compare(config, ref, out)
+    assert in_epoch_record(out / "bnn" / "state.safetensors") is None
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -93,10 +94,25 @@ def test_student_initialised_from_its_init_stage_and_weights_clipped(tiny_run):
     assert ((w0 >= 0) == (w1 >= 0)).float().mean() > 0.9
 
 
-def test_results_are_reproducible_and_resume_skips_finished_stages(tiny_run, tmp_path):
+def test_resume_of_a_finished_run_trains_nothing_and_a_changed_config_is_refused(
+    tiny_run, monkeypatch
+):
+    """Resuming a finished run must not call the training loop or touch any checkpoint (that two
+    runs of one config give the same weights is tested in test_faults.py)."""
+    import r2b.train.pipeline as pipeline
+
     out, results, _ = tiny_run
-    again = run_pipeline(build_config(TINY), out, resume=True, log=lambda *_: None)
-    assert [s["top1"] for s in again["stages"]] == [s["top1"] for s in results["stages"]]
+    weights = {p: p.read_bytes() for p in out.rglob("*.safetensors")}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished stage was trained again")
+
+    monkeypatch.setattr(pipeline, "train_stage", no_training)
+    lines = []
+    again = run_pipeline(build_config(TINY), out, resume=True, log=lines.append)
+    assert sum("finished earlier, skipped" in line for line in lines) == 3
+    assert again["stages"] == results["stages"]
+    assert {p: p.read_bytes() for p in out.rglob("*.safetensors")} == weights
     cfg = build_config(TINY, ["stages.bnn.epochs=1"])
     with pytest.raises(UserError, match="differs from the run's saved"):
         run_pipeline(cfg, out, resume=True)
@@ -156,4 +172,88 @@ def test_bf16_mixed_precision_runs(tmp_path):
     assert [s["name"] for s in results["stages"]] == ["teacher", "fp", "ban", "bnn"]
     for stage in ("fp", "ban", "bnn"):
         row = next(csv.DictReader(open(tmp_path / "bf16" / stage / "metrics.csv")))
-        assert all(float(row[k]) == float(row[k]) for k in ("loss", "ce", "kd", "att"))  # no NaN
+        assert all(math.isfinite(float(row[k])) for k in ("loss", "ce", "kd", "att"))
+
+
+# --------------------------------------------------------------------------- validation split
+
+SELECT = {  # TINY's runtime, smaller still: 50 training images, 2 steps an epoch
+    **TINY,
+    "name": "select",
+    "data": {"name": "default", "train_limit": 50, "test_limit": 20, "eval_batch_size": 20},
+    "report": {"attention_images": 0},
+    "stage_defaults": {"model": {"stem": "cifar", "width": 0.0625}, "batch_size": 20,
+                       "augment": {"ops": ["flip"]}},
+    "stages": [
+        {"name": "a", "model": {"name": "resnet18"}, "epochs": 3},
+        {"name": "b", "model": {"name": "r2b_resnet18", "stage": "ban"}, "teacher": "a",
+         "epochs": 1, "loss": {"kd": 1.0}},
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("val_fraction, best", [(0.2, 2), (0.0, 3)])
+def test_best_checkpoint_and_teacher_are_chosen_on_validation_when_there_is_one(
+    tmp_path, monkeypatch, val_fraction, best
+):
+    """Scripted accuracies where validation and test disagree: with a validation split stage a's
+    best epoch (its best.safetensors, and so stage b's teacher) is epoch 2, where validation
+    top-1 peaks, and the results report the test top-1 of that epoch; without one (the
+    default) it is epoch 3, where test top-1 peaks."""
+    import r2b.train.loop as loop
+    import r2b.train.pipeline as pipeline
+
+    script = {"val": [10.0, 30.0, 20.0, 50.0], "test": [50.0, 10.0, 60.0, 40.0]}
+    calls = {"val": 0, "test": 0}
+
+    def scripted_evaluate(model, dataset, *args, **kwargs):  # dataset: see eval_batches below
+        top1 = script[dataset.split][calls[dataset.split]]
+        calls[dataset.split] += 1
+        return {"top1": top1, "top5": 100.0, "loss": 1.0, "n": len(dataset)}
+
+    teachers = []
+
+    def spy_teacher(path, device):
+        teachers.append(read_weights(path)[2]["epoch"])
+        return real_load_teacher(path, device)
+
+    real_load_teacher = pipeline.load_teacher
+    monkeypatch.setattr(loop, "eval_batches", lambda dataset, *a, **k: dataset)
+    monkeypatch.setattr(loop, "evaluate", scripted_evaluate)
+    monkeypatch.setattr(pipeline, "load_teacher", spy_teacher)
+    cfg = build_config(SELECT, [f"data.val_fraction={val_fraction}"])
+    results = run_pipeline(cfg, tmp_path / "run", log=lambda *_: None)
+    a = results["stages"][0]
+    assert a["best_epoch"] == best and teachers == [best]
+    assert a["best_top1"] == script["test"][best - 1]  # the test accuracy of the chosen epoch
+    assert read_weights(tmp_path / "run" / "a" / "best.safetensors")[2]["epoch"] == best
+    if val_fraction:
+        assert a["selected_on"] == "val" and a["best_val_top1"] == 30.0
+        assert results["selection"] == "val" and results["data"]["val_images"] == 10
+        assert calls == {"val": 4, "test": 4}
+    else:
+        assert a["selected_on"] == "test" and a["best_val_top1"] is None
+        assert results["data"]["val_images"] == 0 and calls == {"val": 0, "test": 4}
+
+
+def test_validation_split_end_to_end_and_r2b_eval_of_it(tmp_path, capsys):
+    """A real run with data.val_fraction: the split is held out of training (40 of 50 images
+    trained on), metrics.csv has validation columns, and ``r2b eval --split val`` of the best
+    checkpoint measures the very images and accuracy the run selected on."""
+    from r2b.cli import main
+
+    data = {**SELECT, "stages": [SELECT["stages"][0]]}
+    out = tmp_path / "run"
+    results = run_pipeline(build_config(data, ["data.val_fraction=0.2"]), out, log=print)
+    assert "40 train / 10 validation / 20 test images" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(out / "a" / "metrics.csv")))
+    val = [float(r["val_top1"]) for r in rows]
+    (a,) = results["stages"]
+    assert a["best_epoch"] == val.index(max(val)) + 1 and a["best_val_top1"] == max(val)
+    best = str(out / "a" / "best.safetensors")
+    assert main(["eval", best, "--split", "val", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n"] == 10 and res["top1"] == max(val)
+    assert main(["eval", best, "--split", "train", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 40
+    assert "validation top-1" in (out / "report.md").read_text()

@@ -67,6 +67,17 @@ def test_results_table_rows_values_and_alignment():
         results_table({"rows": []})
 
 
+def test_results_table_has_a_validation_column_when_stages_were_chosen_on_one():
+    stages = [dict(STAGES[0], best_val_top1=68.25, selected_on="val"), STAGES[2]]
+    lines = results_table({"stages": stages}).splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[5:7] == ["best top-1", "val top-1"] and len(header) == len(TABLE_COLUMNS) + 1
+    teacher = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert teacher[5:7] == ["72.00 (ep 2)", "68.25"]
+    assert [c.strip() for c in lines[3].strip("|").split("|")][6] == "-"
+    assert "val top-1" not in results_table({"stages": STAGES})
+
+
 def test_plot_curves_writes_a_png_with_both_panels(tmp_path):
     paths = {
         "teacher": _write_metrics(tmp_path / "teacher" / "metrics.csv", 4, 20.0),
@@ -111,8 +122,9 @@ def test_write_report_links_table_and_figures(tmp_path):
     assert results_table({"stages": STAGES}) in text
     assert "![training curves](curves.png)" in text and "![attention](attention.png)" in text
     assert "[config.yaml](config.yaml)" in text and "(teacher/metrics.csv)" in text
-    assert "dataset: default" in text
+    assert "dataset: default" in text and "chosen on the test split" in text
     _png_size(run / "curves.png")
+    assert not list(run.glob("*.tmp"))
 
 
 def test_write_report_missing_results_is_a_user_error(tmp_path):

@@ -395,7 +395,8 @@ def bireal_resnet18(
 ) -> BinaryResNet18:  # fmt: skip
     """Bi-Real Net 18 (Liu et al., ECCV 2018): ``sign(x) -> binary conv -> BN -> + x`` around
     every binary conv, the approx-sign gradient (their Eq. 4), magnitude-aware weights
-    ``mean|W| sign(W)`` (their Sec. 3.2; here the mean|W| weight scale), real-valued
+    ``mean|W| sign(W)`` (their Sec. 3.2; here the mean|W| weight scale, whose gradient flows
+    through mean|W| [choice]), real-valued
     AvgPool -> 1x1 conv -> BN downsample shortcuts, a conv -> BN [-> max-pool] stem."""
     return BinaryResNet18(
         num_classes, stem, width, stage, design=BI_REAL,
@@ -411,7 +412,8 @@ def reactnet_resnet18(
     """ReActNet's ResNet-18 variant (Liu et al., ECCV 2020; the Bi-Real-based net of their
     release): Bi-Real's blocks with RSign (``sign(x + b)``, a learned per-channel threshold)
     before every binary conv and RPReLU after the shortcut add: ``RPReLU(BN(conv(RSign(x))) +
-    shortcut(x))``; approx-sign gradient, mean|W| weight scale."""
+    shortcut(x))``; approx-sign gradient, mean|W| weight scale (its gradient flows through
+    mean|W| as in every r2b binary conv [choice: the authors' code treats it as a constant])."""
     return BinaryResNet18(
         num_classes, stem, width, stage, design=REACTNET,
         activation_quantizer=activation_quantizer, stem_act=False, **options,

@@ -64,8 +64,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--contention-rounds", type=int, default=3,
         help="rounds that also measure with a busy process on the cores (3; 0: none)",
     )  # fmt: skip
-    p.add_argument("--contention-batches", type=_ints, default=[1, 8])
-    p.add_argument("--contention-threads", type=_ints, default=[2])
+    p.add_argument("--contention-batches", type=_ints, help="comma list (default: --batches)")
+    p.add_argument(
+        "--contention-threads", type=_ints, help="comma list (default: the most of --threads)"
+    )
     p.add_argument("--calib-images", type=int, default=32, help="int8 calibration images (32)")
     p.add_argument("--work-dir", type=Path, help="model files (default /tmp/r2b-engines-<tag>)")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -73,6 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--plot-only", action="store_true", help="rewrite .md and .png from .json")
     args = p.parse_args(argv)
     args.rows = [r for r in args.rows.split(",") if r]
+    args.contention_batches = args.contention_batches or args.batches
+    args.contention_threads = args.contention_threads or [max(args.threads)]
     unknown = [r for r in args.rows if r not in be.ROWS]
     if unknown:
         p.error(f"unknown rows {unknown}; choose from {', '.join(be.ROWS)}")
@@ -221,8 +225,8 @@ def markdown(record: dict, name: str) -> str:
         f"{_fmt_load(load['after'])}.",
         "",
         f"Protocol: {record['protocol']} {s['rounds']} round{'s' * (s['rounds'] > 1)} of at most "
-        f"{s['runs']} timed runs "
-        f"(after {s['warmup']} warm-up; at most {s['max_seconds']} s of timing, at least 3 runs);"
+        f"{s['runs']} timed runs (after {s['warmup']} warm-up; timing stops after "
+        f"{s['max_seconds']} s once 3 runs are in);"
         f" random weights; milliseconds per forward pass.",
         "",
         "| engine | ImageNet top-1 (published) | "

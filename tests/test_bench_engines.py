@@ -80,6 +80,7 @@ def test_protocol_one_process_per_measurement_rounds_contention_and_resume(files
         assert r["threads"] == 1 and r["batch"] == 1 and r["input_size"] == SIZE
     ov = next(r for r in records if r["row"] == "ov-int8-resnet18")
     assert ov["info"]["int8_convolutions"] > 0, "OpenVINO runs the QDQ model in int8"
+    assert [r["torch_loaded"] for r in records] == [r["row"].startswith("torch") for r in records]
     results = be.summarise(configs, records)
     assert {r["key"] for r in results} == {c.key for c in configs}
     assert all(r["rounds_ms"] == [r["median_ms"]] for r in results)

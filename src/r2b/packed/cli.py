@@ -24,13 +24,24 @@ from r2b.errors import UserError
 def add_export_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
-        help="write a fully binary model as a bitpacked .r2b file",
-        description="Pack a fully binary (stage bnn) checkpoint into a .r2b file: binary weights "
-        "as bits, real tensors as they are, the architecture as JSON. A registered model name "
+        help="write a fully binary model as a .r2b file, an LCE flatbuffer or an OpenVINO IR",
+        description="Write a fully binary (stage bnn) checkpoint for an inference engine. "
+        "--format r2b (default): a bitpacked .r2b file for r2b's packed engine (binary weights "
+        "as bits, real tensors as they are, the architecture as JSON), read back and checked "
+        "bit for bit. --format lce: a TFLite flatbuffer with Larq Compute Engine's binary ops "
+        "(for ARM; the lce extra). --format openvino: an OpenVINO IR (model.xml + model.bin) "
+        "whose binary convs OpenVINO's CPU plugin runs as BinaryConvolution (the openvino "
+        "extra); its input is float32 NCHW, normalised as in training. A registered model name "
         "instead of a checkpoint exports that model with random weights (for benchmarks).",
     )
     p.add_argument("checkpoint", help="weights file of a bnn stage, or a model name")
-    p.add_argument("-o", "--out", required=True, help="output file, e.g. model.r2b")
+    p.add_argument("-o", "--out", required=True,
+                   help="output file: model.r2b, model.tflite (lce), model.xml (openvino)")
+    p.add_argument("--format", choices=["r2b", "lce", "openvino"], default="r2b",
+                   help="r2b (default), lce or openvino")
+    p.add_argument("--input-size", type=int,
+                   help="lce and openvino: square input side fixed in the file (default 224 "
+                   "for the ImageNet stem, 32 for CIFAR)")  # fmt: skip
     p.add_argument("--stem", choices=["imagenet", "cifar"], help="with a model name (imagenet)")
     p.add_argument("--num-classes", type=int, help="with a model name (1000)")
     p.add_argument("--width", type=float, help="with a model name: width multiplier (1.0)")
@@ -108,6 +119,13 @@ def run_export(args: argparse.Namespace) -> int:
             f"{args.checkpoint!r} is neither a checkpoint file nor a model name "
             f"({', '.join(list_models())})"
         )
+    if args.format == "openvino":
+        return _export_openvino(model, Path(args.out), args.input_size)
+    if args.format == "lce":
+        return _export_lce(model, Path(args.out), args.input_size)
+    if args.input_size is not None:
+        raise UserError("--input-size applies to --format lce and openvino; a .r2b file takes "
+                        "any input size")  # fmt: skip
     packed = to_packed(model)
     out = Path(args.out)
     if out.parent and not out.parent.exists():
@@ -120,6 +138,46 @@ def run_export(args: argparse.Namespace) -> int:
         f"wrote {out}: {size / 2**20:.2f} MiB ({size} bytes; binary weights "
         f"{n_bits / 2**20:.2f} MiB as bits; float parameters {float_mib:.1f} MiB); {check}"
     )
+    return 0
+
+
+def _export_openvino(model, out: Path, input_size: int | None) -> int:
+    """``--format openvino``: write the IR, compile it on the CPU and compare it with the model."""
+    from r2b import openvino as r2b_openvino
+
+    info = r2b_openvino.export(model, out, input_size=input_size)
+    check = r2b_openvino.check_export(model, info["xml"])
+    print(
+        f"wrote {info['xml']} + {info['bin'].name}: {info['bytes'] / 2**20:.2f} MiB, input "
+        f"float32 NCHW {info['input_shape']} (normalised as in training); {check['summary']}"
+    )
+    return 0
+
+
+def _export_lce(model, out: Path, input_size: int | None) -> int:
+    """``--format lce``: ``r2b.lce.export`` (imported only here; it needs the lce extra)."""
+    try:
+        from r2b.lce import export as lce_export
+    except ImportError as err:
+        name = err.name or ""
+        if name in ("r2b.lce", "r2b.lce.export"):
+            raise UserError(
+                "this r2b has no LCE exporter (r2b.lce); use --format r2b or openvino"
+            ) from None
+        if name.startswith("r2b"):
+            raise
+        raise UserError(
+            f"--format lce needs the {name or 'lce'} package; install it with "
+            'pip install -e ".[lce]"'
+        ) from None
+    if input_size is None:
+        input_size = 224 if getattr(model, "arch", {}).get("stem", "imagenet") == "imagenet" else 32
+    result = lce_export(model, out, input_size=input_size)
+    size = out.stat().st_size
+    ops = result.get("ops") if isinstance(result, dict) else None
+    ops = f"; ops: {', '.join(f'{k} x{v}' for k, v in dict(ops).items())}" if ops else ""
+    print(f"wrote {out}: {size / 2**20:.2f} MiB ({size} bytes; TFLite flatbuffer with LCE ops, "
+          f"input {input_size}x{input_size}){ops}")  # fmt: skip
     return 0
 
 

@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-pytest.importorskip("openvino", reason='OpenVINO is not installed: pip install -e ".[openvino]"')
+openvino = pytest.importorskip(
+    "openvino", reason='OpenVINO is not installed: pip install -e ".[openvino]"'
+)
 
 from r2b import openvino as r2b_openvino  # noqa: E402
 from r2b.cli import main  # noqa: E402
@@ -233,6 +235,7 @@ def test_one_half_block_is_exact_away_from_zero(label, design, c_in, stride, pad
     res = outputs(compiled, x.numpy())
     neg_y = torch.from_numpy(res["half.neg_y"])
     assert torch.equal((neg_y > 0), (y_torch < 0))  # the same bits, zeros included
+    assert torch.equal(neg_y, -y_torch)  # from the same input even the same pre-sign values
     u = torch.from_numpy(res["half.u"])
     assert torch.equal(u, r2b_conv(half, neg_y))
     assert torch.equal(u, torch.round(u_ref))  # r2b's conv output / alpha is the integer u
@@ -281,7 +284,7 @@ def test_cli_export_openvino_and_its_errors(tmp_path, capsys):
     assert "16 BinaryConvolution layers for 16 binary convs" in text and "2/2" in text
     assert out.is_file() and out.with_suffix(".bin").is_file()
     compiled = r2b_openvino.compile(out, threads=1)
-    assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) in ("f32", "<Type: 'float32'>")
+    assert compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert rel(r2b_openvino.run(compiled, x), bnn.eval()(x).numpy()).max() < 1e-4
@@ -321,3 +324,15 @@ def test_cli_missing_extras_name_them(tmp_path, capsys, monkeypatch):
     err = _one_line_error(capsys, ["export", "sb_resnet18", "--stem", "cifar", "--width",
                                    "0.125", "--format", "lce", "-o", str(tmp_path / "m.tflite")])
     assert "r2b.lce" in err
+
+
+@pytest.mark.slow
+def test_full_size_real_to_binary_imagenet(tmp_path):
+    """The deployment case: Real-to-Bin, ImageNet stem, width 1, 224x224, batch 1."""
+    torch.manual_seed(0)
+    model = randomise(create_model("r2b_resnet18", stem="imagenet", stage="bnn"))
+    info = r2b_openvino.export(model, tmp_path / "r2b.xml")
+    assert info["input_shape"] == [1, 3, 224, 224]
+    assert info["bytes"] < 6 * 2**20  # binary weights as bits: 11.0 M of 11.7 M parameters
+    check = r2b_openvino.check_export(model, info["xml"], n_inputs=8)
+    assert check["binary_convolutions"] == 16 and check["top1_equal"] == 8

@@ -228,3 +228,52 @@ def test_sigkill_from_outside_then_resume(reference, tmp_path):
     finally:
         proc.wait()
     resume_and_compare(config, ref, out)
+
+
+@pytest.mark.slow
+def test_sigterm_under_torchrun_stops_both_ranks_at_one_batch_and_resumes_identically(tmp_path):
+    """DDP on CPU (gloo): torchrun forwards SIGTERM to its two workers, which agree (all-reduce)
+    on the batch to stop after, save one state holding both ranks' generators, and resume under
+    torchrun to the uninterrupted run's weights. (torchrun itself then exits 1 with its own
+    SignalException traceback: that part is torchrun's.)"""
+    import shutil
+
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    data = {
+        **TINY,
+        "data": {**TINY["data"], "train_limit": 320},
+        "stages": [{"name": "a", "model": {"name": "sb_resnet18", "stage": "ban"}, "epochs": 5}],
+    }
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(data))
+
+    def torchrun_cmd(*args: str) -> list[str]:
+        return [torchrun, "--standalone", "--nproc_per_node=2", "-m", "r2b.cli", *args]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(torchrun_cmd(*args), env=run_env(), capture_output=True, text=True)
+
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    assert run(*train_args(config, ref)).returncode == 0
+    cmd = torchrun_cmd(*train_args(config, out))
+    proc = subprocess.Popen(cmd, env=run_env(), stderr=subprocess.PIPE, text=True,
+                            stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "a" / "state.safetensors").exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stopped = [line for line in stderr.splitlines() if line.startswith("stopped: SIGTERM")]
+    assert len(stopped) == 2 and stopped[0] == stopped[1], stderr[-3000:]  # one batch, both
+    assert not (out / "a" / "result.json").exists()
+    resumed = run(*train_args(config, out, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = load_file(str(ref / "a" / "last.safetensors"))
+    b = load_file(str(out / "a" / "last.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -132,9 +132,14 @@ def _progress_bar(job: StageJob, fabric: Fabric, epoch: int, total: int):
 
 
 def _gather(fabric: Fabric, t: torch.Tensor) -> torch.Tensor:
-    """(world, ...) stack of every process's ``t`` (on the CPU)."""
-    out = fabric.all_gather(t.to(fabric.device))
-    return (out.unsqueeze(0) if fabric.world_size == 1 else out).cpu()
+    """(world, ...) stack of every process's ``t``, on the CPU: each process fills its own slot
+    of a zero tensor and the slots are summed (an all-reduce; Fabric's all_gather warns of a
+    deprecated torch function)."""
+    if fabric.world_size == 1:
+        return t.unsqueeze(0).cpu()
+    slots = torch.zeros((fabric.world_size, *t.shape), dtype=t.dtype, device=fabric.device)
+    slots[fabric.global_rank] = t.to(fabric.device)
+    return fabric.all_reduce(slots, reduce_op="sum").cpu()
 
 
 def train_stage(fabric: Fabric, job: StageJob, model: nn.Module, teacher: nn.Module | None) -> dict:

@@ -143,9 +143,9 @@ def compare(cases: list[dict], n_inputs: int = 256, n_probe: int = 16, seed: int
     for k, (case, model, spec, x, infos, graph) in enumerate(work):
         bits_run, plain_run, all_run = results[3 * k : 3 * k + 3]
         logits_lce = bits_run["outputs"][0]
-        logits, ys = _r2b_trace(model, spec, x)
+        bits = dict(zip(infos[0]["probes"], bits_run["outputs"][1:]))
+        logits, flips = _r2b_side(model, spec, x, bits)
         per_input = np.abs(logits_lce - logits).max(1) / np.abs(logits).max()
-        flips = _flip_report(spec, dict(zip(infos[0]["probes"], bits_run["outputs"][1:])), ys)
         clean = ~flips.pop("flipped_inputs")
         report = {
             "label": case["label"],
@@ -170,6 +170,24 @@ def compare(cases: list[dict], n_inputs: int = 256, n_probe: int = 16, seed: int
     return reports
 
 
+def _r2b_side(model, spec, x: torch.Tensor, bits: dict, chunk: int = 64) -> tuple:
+    """r2b's logits and the flip figures, ``chunk`` inputs at a time (the sign inputs of every
+    half block are kept for one chunk only)."""
+    logits, parts = [], []
+    for i in range(0, len(x), chunk):
+        out, ys = _r2b_trace(model, spec, x[i : i + chunk])
+        logits.append(out)
+        parts.append(_flip_report(spec, {k: v[i : i + chunk] for k, v in bits.items()}, ys))
+    values = sum(p["binarised_values"] for p in parts)
+    return np.concatenate(logits), {
+        "flipped_inputs": np.concatenate([p["flipped_inputs"] for p in parts]),
+        "binarised_values": values,
+        "flips_end_to_end": sum(p["flipped_values"] for p in parts) / max(values, 1),
+        "first_flip_halves": sorted(h for p in parts for h in p["first_flip_halves"]),
+        "first_flip_max_rel": max(p["first_flip_max_rel"] for p in parts),
+    }
+
+
 def _flip_report(spec, bits: dict, ys: list[torch.Tensor]) -> dict:
     """Where LCE's binarised inputs differ from r2b's sign(y) (``bits``: LCE's words per half,
     ``ys``: r2b's own sign inputs from the same images)."""
@@ -190,8 +208,8 @@ def _flip_report(spec, bits: dict, ys: list[torch.Tensor]) -> dict:
     return {
         "flipped_inputs": first >= 0,
         "binarised_values": total,
-        "flips_end_to_end": flipped / max(total, 1),
-        "first_flip_halves": sorted(int(v) for v in first[first >= 0]),
+        "flipped_values": flipped,
+        "first_flip_halves": [int(v) for v in first[first >= 0]],
         "first_flip_max_rel": first_rel,
     }
 

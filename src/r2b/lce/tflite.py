@@ -53,7 +53,21 @@ BUILTIN = {
     "PRELU": 54,
     "PADV2": 60,
 }
-BUILTIN_NAMES = {v: k for k, v in BUILTIN.items()}
+#: Names of other builtins a file may hold (for reading LCE's own conversions).
+BUILTIN_NAMES = {
+    2: "CONCATENATION",
+    4: "DEPTHWISE_CONV_2D",
+    6: "DEQUANTIZE",
+    21: "RELU6",
+    25: "SOFTMAX",
+    28: "TANH",
+    39: "TRANSPOSE",
+    41: "SUB",
+    42: "DIV",
+    43: "SQUEEZE",
+    45: "STRIDED_SLICE",
+    114: "QUANTIZE",
+} | {v: k for k, v in BUILTIN.items()}
 
 #: Union index in ``BuiltinOptions`` (schema.fbs) of each options table used here.
 OPTIONS = {

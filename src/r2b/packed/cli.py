@@ -132,7 +132,7 @@ def run_export(args: argparse.Namespace) -> int:
         raise UserError(f"folder {out.parent} does not exist; create it or choose another -o")
     size = save(packed, out)
     check = _verify(model, load(out))
-    n_bits = sum(int(s["bits"].size) * 8 for s in packed.record["binary_convs"])
+    n_bits = sum(int(c.bits.size) * 8 for _, c in packed.record.binary_convs)
     float_mib = sum(p.numel() * 4 for p in model.parameters()) / 2**20
     print(
         f"wrote {out}: {size / 2**20:.2f} MiB ({size} bytes; binary weights "

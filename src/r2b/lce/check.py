@@ -116,8 +116,10 @@ def unpack_bits(words: np.ndarray, channels: int) -> np.ndarray:
 @torch.no_grad()
 def compare(cases: list[dict], n_inputs: int = 256, n_probe: int = 16, seed: int = 0,
             kernel: str = "default", python=None) -> list[dict]:  # fmt: skip
-    """Check each case (``{"label", "model", "input_size"}``) against LCE's interpreter on
-    ``n_inputs`` standard-normal inputs; returns one report per case (module docstring).
+    """Check each case (``{"label", "model", "input_size"}``, optionally ``"inputs"``: NCHW
+    images, else ``n_inputs`` standard-normal ones) against LCE's interpreter; returns one
+    report per case (module docstring), with ``logits`` (LCE's) when the case asks for it
+    (``"keep_logits": True``).
 
     Three files run per case: with the bitpacked sign inputs as extra outputs on all inputs (the
     logits and the flips), as exported (no extra outputs) and with every probe on the first
@@ -130,7 +132,9 @@ def compare(cases: list[dict], n_inputs: int = 256, n_probe: int = 16, seed: int
             model, size = case["model"].eval(), case["input_size"]
             spec = model_spec(model)
             c_in = next(m for m in spec.stem.modules() if isinstance(m, nn.Conv2d)).in_channels
-            x = torch.randn(n_inputs, c_in, size, size, generator=gen)
+            x = case.get("inputs")
+            if x is None:
+                x = torch.randn(n_inputs, c_in, size, size, generator=gen)
             files = [Path(tmp, f"m{i}_{k}.tflite") for k in ("bits", "plain", "all")]
             infos = [export(model, f, input_size=size, probes=p)
                      for f, p in zip(files, [("bits",), False, True])]  # fmt: skip
@@ -164,6 +168,8 @@ def compare(cases: list[dict], n_inputs: int = 256, n_probe: int = 16, seed: int
             ),
         }
         report.update(flips)
+        if case.get("keep_logits"):
+            report["logits"], report["r2b_logits"] = logits_lce, logits
         probes = dict(zip(infos[2]["probes"], all_run["outputs"][1:]))
         report.update(_probe_report(spec, probes, graph))
         reports.append(report)

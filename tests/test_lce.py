@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+pytest.importorskip("flatbuffers", reason="r2b.lce needs the [lce] extra (flatbuffers)")
+
 from r2b.errors import UserError
 from r2b.lce import PROBES, export, pack_filter, read
 from r2b.lce.check import randomize_

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+pytest.importorskip("flatbuffers", reason="r2b.lce needs the [lce] extra (flatbuffers)")
+
 from r2b.layers import BinaryConv2d
 from r2b.lce import bconv_flatbuffer, export
 from r2b.lce.check import binary_dots, compare, randomize_

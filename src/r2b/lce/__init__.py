@@ -80,7 +80,19 @@ flatbuffer LCE's converter makes of larq-zoo's RealToBinaryNet
 (``benchmarks/results/lce_ops.json``).
 """
 
-from r2b.lce.convert import PROBES, bconv_flatbuffer, export, pack_filter
-from r2b.lce.tflite import op_histogram, read
+import importlib
 
-__all__ = ["PROBES", "bconv_flatbuffer", "export", "op_histogram", "pack_filter", "read"]
+#: public name -> the submodule that defines it (imported on first use, so that
+#: ``python -m r2b.lce.runtime`` works without the ``flatbuffers`` package)
+_NAMES = {
+    "PROBES": "convert", "bconv_flatbuffer": "convert", "export": "convert",
+    "pack_filter": "convert", "op_histogram": "tflite", "read": "tflite",
+}  # fmt: skip
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        return getattr(importlib.import_module(f"r2b.lce.{_NAMES[name]}"), name)
+    raise AttributeError(f"module 'r2b.lce' has no attribute {name!r}")

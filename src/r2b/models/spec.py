@@ -44,7 +44,7 @@ class HalfBlockSpec:
 
     name: str
     pre: nn.Module | None
-    conv: BinaryConv2d
+    conv: BinaryConv2d | None
     scale: torch.Tensor | None
     gate: nn.Module | None
     post: nn.Module | None
@@ -65,14 +65,18 @@ class HalfBlockSpec:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The block's output computed from the description (the model's ``forward`` order)."""
         y = x if self.pre is None else self.pre(x)
-        c = self.conv(y)
+        s = x if self.shortcut is None else self.shortcut(x)
+        return self.after_conv(self.conv(y), y, s)
+
+    def after_conv(self, c: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """The block's output from its conv output ``c``, ``y = pre(x)`` and the shortcut ``s``:
+        scaling, post, activation and the add, in the model's order (``conv`` is not used)."""
         if self.gate is not None:
             c = c * self.gate(y)
         elif self.scale is not None:
             c = c * self.scale.view(1, -1, 1, 1)
         if self.post is not None:
             c = self.post(c)
-        s = x if self.shortcut is None else self.shortcut(x)
         if self.act is None:
             return c + s
         return self.act(c + s) if self.act_after_add else self.act(c) + s

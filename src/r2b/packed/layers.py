@@ -29,6 +29,7 @@ from torch import nn
 
 from r2b.errors import UserError
 from r2b.layers import RPReLU
+from r2b.models.spec import HalfBlockSpec
 from r2b.packed import kernels
 from r2b.packed.batchnorm import probe_affine, probe_bn_mode
 from r2b.packed.bitpack import kernel_layout, n_words, pack_bits
@@ -321,17 +322,9 @@ class PackedHalfBlock(nn.Module):
         c = torch.from_numpy(counts).float()
         if self.conv.has_alpha:
             c = c * self.conv.alpha.view(1, -1, 1, 1)
-        if self.gate is not None:
-            c = c * self.gate(y)
-        elif self.scale is not None:
-            c = c * self.scale.view(1, -1, 1, 1)
-        if self.post is not None:
-            c = self.post(c)
-        if self.act is None:
-            return c + shortcut
-        if self.act_after_add:
-            return self.act(c + shortcut).contiguous()
-        return (self.act(c) + shortcut).contiguous()
+        parts = HalfBlockSpec("", self.pre, None, self.scale, self.gate, self.post, self.act,
+                              self.act_after_add, self.shortcut)  # fmt: skip
+        return parts.after_conv(c, y, shortcut).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xp, y = self.prepare(x)

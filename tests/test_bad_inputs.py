@@ -200,7 +200,7 @@ ROWS = {
     "resume_no_out": Row(["train", "--resume"], ["--resume", "--out"]),
     "run_locked": Row(["train", "--out", "{w}/locked", "--resume"], ["in use by process"]),
     "state_no_progress": Row(["train", "--out", "{w}/run_noprogress", "--resume"],
-                             ["run_noprogress", "progress"]),
+                             ["run_noprogress", "no progress record"]),
     "state_bad_step": Row(["train", "--out", "{w}/run_badstep", "--resume"], ["progress.step"]),
     "resume_other_epochs": Row(["train", "--out", "{w}/run", "--resume", "--set",
                                 "stages.a.epochs=3"], ["stages[0].epochs", "differs"]),
@@ -324,8 +324,8 @@ def test_bad_input_is_one_line_and_changes_nothing(name, world, monkeypatch, cap
         assert snapshot(world, row.trains) == before
         if not row.trains:
             assert not any(world.glob("fresh*")) and not (world / "runs").exists()
-    finally:
-        for path in world.glob("fresh*"):  # this row's own output: not the next row's
+    finally:  # this row's own output (or a failed row's stray run) is not the next row's
+        for path in [*world.glob("fresh*"), *world.glob("runs")]:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 

@@ -28,7 +28,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         help="run a staged training pipeline (default: the quick Real-to-Binary run, CPU)",
         description="Run a training pipeline. With no arguments: the quick 4-stage Real-to-Binary "
         "run on the embedded CIFAR-10 subset. Multi-GPU/multi-node: run the same command "
-        "under torchrun.",
+        "under torchrun. Exit status: 0 done, 2 bad input, 3 a loss became NaN/inf (the last "
+        "good state is kept), 143/130 stopped by SIGTERM/SIGINT after saving its state (resume "
+        "with --resume).",
     )
     p.add_argument("--config", "-c", help="YAML recipe (e.g. configs/cifar10/r2b.yaml)")
     p.add_argument(
@@ -38,8 +40,10 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--out", "-o", help="run folder (default: a new runs/<name>-<time>)")
     p.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
-    )
+        "--resume", action="store_true",
+        help="continue the run in --out from its last saved state (--set may change runtime.* "
+        "and, e.g. after a diverged loss, an unfinished stage's optim.lr)",
+    )  # fmt: skip
     p.set_defaults(func=run_train)
 
 

@@ -30,6 +30,8 @@ COLUMNS = [
     ("rel_max_diff_without_flips", "max diff, other inputs"),
     ("flips_end_to_end", "flipped values"), ("first_flip_max_rel", "first flip |y|/max|y|"),
     ("bconv_exact", "binary convs exact"),
+    ("r2b_batch1_rel_max_diff", "r2b vs itself: max diff"),
+    ("r2b_batch1_inputs_over_1e-4", "r2b vs itself: inputs > 1e-4"),
 ]  # fmt: skip
 
 
@@ -49,7 +51,7 @@ def main() -> None:
             cases.append({"label": f"{name}/{stem}", "input_size": size,
                           "model": randomize_(model, 100 + 10 * i + j).eval()})  # fmt: skip
     t0 = time.time()
-    reports = compare(cases, args.inputs, args.probe, seed=1, kernel=args.kernel)
+    reports = compare(cases, args.inputs, args.probe, seed=1, kernel=args.kernel, baseline=True)
     result = {
         "command": "python benchmarks/lce_check.py " + " ".join(sys.argv[1:]),
         "commit": git_commit(),

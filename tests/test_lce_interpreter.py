@@ -25,10 +25,10 @@ def lce_python():
         pytest.skip(f"LCE's interpreter is not available here: {err}")
 
 
-def _conv(c_in, c_out, stride, gen):
+def _conv(c_in, c_out, stride, gen, pad_value=1.0):
     conv = BinaryConv2d(
         c_in, c_out, 3, stride, 1, input_quantizer="ste_sign", weight_quantizer="ste_sign",
-        weight_scale=True,
+        weight_scale=True, pad_value=pad_value,
     )  # fmt: skip
     with torch.no_grad():
         conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen))
@@ -41,15 +41,18 @@ def _conv(c_in, c_out, stride, gen):
 def test_binary_conv_is_exact(tmp_path, lce_python, kernel):
     """LceQuantize + LceBconv2d as exported, with multiplier 1, give r2b's integer dot products
     bit for bit: one-padding, the bitpacked layout (channels not a multiple of 32 too), stride 2
-    on even sizes (explicit PAD) and odd ones (SAME), and sign(0) = sign(-0.0) = +1."""
+    on even sizes (explicit PAD) and odd ones (SAME), sign(0) = sign(-0.0) = +1, and r2b's
+    zero padding (pad_value=0) as LCE's pad_values=0 where TFLite's SAME geometry fits."""
     gen = torch.Generator().manual_seed(0)
     jobs, expected = [], []
-    for c_in, c_out, stride, hw in [(16, 24, 1, 9), (40, 64, 2, 8), (64, 32, 2, 7), (33, 5, 1, 5)]:
-        conv = _conv(c_in, c_out, stride, gen)
+    geometries = [(16, 24, 1, 9, 1.0), (40, 64, 2, 8, 1.0), (64, 32, 2, 7, 1.0),
+                  (33, 5, 1, 5, 1.0), (32, 16, 1, 6, 0.0), (64, 8, 2, 7, 0.0)]  # fmt: skip
+    for c_in, c_out, stride, hw, pad_value in geometries:  # pad_value 0: LCE's zero padding
+        conv = _conv(c_in, c_out, stride, gen, pad_value)
         y = torch.randn(6, c_in, hw, hw, generator=gen)
         y[0, :, 0, :] = 0.0
         y[1, :, :, 0] = -0.0
-        path = tmp_path / f"c{c_in}_{stride}_{hw}.tflite"
+        path = tmp_path / f"c{c_in}_{stride}_{hw}_{pad_value:g}.tflite"
         path.write_bytes(bconv_flatbuffer(conv, hw))
         jobs.append(
             {"tflite": str(path), "inputs": y.permute(0, 2, 3, 1).numpy(), "kernel": kernel}

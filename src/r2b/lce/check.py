@@ -24,6 +24,10 @@ files in LCE's interpreter and reports, per model:
   ``b`` the file's post_activation_multiplier and bias) gives back ``d`` to within
   ``bconv_max_dot_error`` (<< 0.5, so the integers are equal) everywhere.
 
+``baseline=True`` adds the same comparison of r2b with itself (one input at a time against
+the whole batch): PyTorch rounds differently at another batch size, and the same rare flips
+move its logits as much (``r2b_batch1_*``).
+
 ``randomize_(model, seed)`` gives a model random BatchNorm statistics, affine parameters, PReLU
 slopes, shifts and scales, so that no parameter is at its initial (often special) value.
 """
@@ -114,8 +118,15 @@ def unpack_bits(words: np.ndarray, channels: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def compare(cases: list[dict], n_inputs: int = 256, n_probe: int = 16, seed: int = 0,
-            kernel: str = "default", python=None) -> list[dict]:  # fmt: skip
+def compare(
+    cases: list[dict],
+    n_inputs: int = 256,
+    n_probe: int = 16,
+    seed: int = 0,
+    kernel: str = "default",
+    python=None,
+    baseline: bool = False,
+) -> list[dict]:
     """Check each case (``{"label", "model", "input_size"}``, optionally ``"inputs"``: NCHW
     images, else ``n_inputs`` standard-normal ones) against LCE's interpreter; returns one
     report per case (module docstring), with ``logits`` (LCE's) when the case asks for it
@@ -124,6 +135,10 @@ def compare(cases: list[dict], n_inputs: int = 256, n_probe: int = 16, seed: int
     Three files run per case: with the bitpacked sign inputs as extra outputs on all inputs (the
     logits and the flips), as exported (no extra outputs) and with every probe on the first
     ``n_probe`` inputs; the extra outputs must leave the logits bit for bit unchanged.
+
+    ``baseline``: also compare r2b with itself -- its logits one input at a time against the
+    whole batch at once (``r2b_batch1_*``): PyTorch's kernels round differently at another
+    batch size, so this shows what the same rounding-level flips do inside r2b alone.
     """
     gen = torch.Generator().manual_seed(seed)
     jobs, work = [], []
@@ -168,6 +183,13 @@ def compare(cases: list[dict], n_inputs: int = 256, n_probe: int = 16, seed: int
             ),
         }
         report.update(flips)
+        if baseline:
+            with torch.no_grad():
+                one = np.concatenate([model(x[i : i + 1]).numpy() for i in range(len(x))])
+            self_diff = np.abs(one - logits).max(1) / np.abs(logits).max()
+            report["r2b_batch1_rel_max_diff"] = float(self_diff.max())
+            report["r2b_batch1_inputs_over_1e-4"] = int((self_diff > 1e-4).sum())
+            report["r2b_batch1_top1_agree"] = float((one.argmax(1) == logits.argmax(1)).mean())
         if case.get("keep_logits"):
             report["logits"], report["r2b_logits"] = logits_lce, logits
         probes = dict(zip(infos[2]["probes"], all_run["outputs"][1:]))

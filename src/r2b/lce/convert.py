@@ -31,6 +31,12 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).numpy()
 
 
+def _bias(b) -> np.ndarray:
+    """``b`` in float32 with -0.0 made +0.0: ``t + b`` is then never -0.0 (IEEE: a sum is -0.0
+    only when both terms are), so a sign after it never meets a negative zero."""
+    return np.asarray(b, np.float32) + np.float32(0.0)
+
+
 def pack_filter(weight: torch.Tensor | np.ndarray) -> np.ndarray:
     """LCE's bitpacked filter of a conv weight ``(O, I, kh, kw)``: int32 ``(O, kh, kw,
     ceil(I/32))`` (OHWI), channel ``32 k + j`` in bit ``j`` of word ``k``, bit 1 = negative
@@ -129,7 +135,7 @@ class _Translator:
         if m is not None and not np.all(m == 1):
             x = self.binary("MUL", x, self.g.const(f"{name}/mul", m), f"{name}/scaled")
         if b is not None and not np.all(b == 0):
-            x = self.binary("ADD", x, self.g.const(f"{name}/add", b + 0.0), f"{name}/shifted")
+            x = self.binary("ADD", x, self.g.const(f"{name}/add", _bias(b)), f"{name}/shifted")
         return x
 
     def pad(self, x: int, pads, name: str, value: float | None = None) -> int:
@@ -165,7 +171,7 @@ class _Translator:
         (sh, sw) = _pair(conv.stride)
         out = self.act(f"{name}/out", (self.batch, oh, ow, w.shape[0]))
         wt = self.g.const(f"{name}/filter", np.transpose(w, (0, 2, 3, 1)))
-        bt = self.g.const(f"{name}/bias", bias + 0.0)
+        bt = self.g.const(f"{name}/bias", _bias(bias))
         self.g.op(
             "CONV_2D",
             [x, wt, bt],
@@ -223,7 +229,7 @@ class _Translator:
 
     def fc(self, x: int, w: np.ndarray, b: np.ndarray | None, name: str, relu=False) -> int:
         out = self.act(f"{name}/out", (self.batch, w.shape[0]))
-        bias = -1 if b is None else self.g.const(f"{name}/bias", b + 0.0)
+        bias = -1 if b is None else self.g.const(f"{name}/bias", _bias(b))
         self.g.op(
             "FULLY_CONNECTED",
             [x, self.g.const(f"{name}/weights", w), bias],
@@ -326,7 +332,7 @@ class _Translator:
             q,
             self.g.const(f"{name}/filter", filt, np.int32),
             self.g.const(f"{name}/post_activation_multiplier", mul),
-            self.g.const(f"{name}/post_activation_bias", bias + 0.0),
+            self.g.const(f"{name}/post_activation_bias", _bias(bias)),
             -1,
         ]
         self.g.op("LceBconv2d", inputs, [out], custom_options=opts)

@@ -109,3 +109,52 @@ def test_full_size_real_to_binary(tmp_path, lce_python):
     assert out.shape == (2, 1000)
     assert (out.argmax(1) == want.argmax(1)).all()
     assert np.abs(out - want).max() / np.abs(want).max() <= 1e-2
+
+
+TRAINED = {
+    "name": "lce",
+    "seed": 1,
+    "data": {"name": "default", "train_limit": 500, "eval_batch_size": 250},
+    "runtime": {"accelerator": "cpu", "progress": False, "num_threads": 1},
+    "report": {"attention_images": 1},
+    "stage_defaults": {"model": {"stem": "cifar", "width": 0.25}, "batch_size": 50, "epochs": 1},
+    "stages": [
+        {"name": "real", "model": {"name": "resnet18"}},
+        {"name": "ban", "model": {"name": "r2b_resnet18", "stage": "ban"}, "teacher": "real",
+         "loss": {"kd": 3.0, "att": 3.0}},
+        {"name": "bnn", "model": {"name": "r2b_resnet18", "stage": "bnn"}, "teacher": "ban",
+         "init_from": "ban", "loss": {"kd": 0.8},
+         "optim": {"lr": 4e-4, "weight_decay": 0, "clip_weights": 1.0}},
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_trained_checkpoint_on_test_images(tmp_path, lce_python):
+    """A bnn checkpoint made by r2b's pipeline (a short run), exported and run in LCE on the
+    1,000 embedded CIFAR-10 test images, normalised as in training."""
+    from r2b.data.default import read_default
+    from r2b.train.checkpoint import load_model
+    from r2b.train.config import build_config
+    from r2b.train.pipeline import run_pipeline
+
+    threads = torch.get_num_threads()
+    try:
+        run_pipeline(build_config(TRAINED), tmp_path / "run", log=lambda *_: None)
+    finally:
+        torch.set_num_threads(threads)
+    model, _ = load_model(tmp_path / "run" / "bnn" / "best.safetensors")
+    test = read_default("test")
+    mean = torch.tensor(test.mean).view(1, 3, 1, 1)
+    std = torch.tensor(test.std).view(1, 3, 1, 1)
+    x = (test.images.float() / 255 - mean) / std
+    case = {"label": "trained", "model": model, "input_size": 32, "inputs": x,
+            "keep_logits": True}  # fmt: skip
+    (r,) = compare([case], n_probe=8, python=lce_python)
+    print(json.dumps({k: v for k, v in r.items() if k not in ("ops", "logits", "r2b_logits")}))
+    labels = test.targets.numpy()
+    acc_lce, acc_r2b = ((r[k].argmax(1) == labels).mean() for k in ("logits", "r2b_logits"))
+    print(f"accuracy: LCE {acc_lce:.3f}, r2b {acc_r2b:.3f}")
+    assert r["top1_agree"] >= 0.99 and abs(acc_lce - acc_r2b) <= 0.01
+    assert r["bconv_exact"] and r["first_flip_max_rel"] <= 1e-5
+    assert r["rel_max_diff_without_flips"] <= 1e-4

@@ -263,17 +263,19 @@ class PackedHalfBlock(nn.Module):
     ) -> tuple[torch.Tensor, np.ndarray | None, torch.Tensor | None]:
         """The compiled side: binary conv, epilogue and (fused) the next block's pre + pack.
 
-        The output and the next block's packed input live in buffers of this block's ``_Step``
-        for the input shape (reused by the next call with that shape, on the same thread)."""
+        The launch is prepared once per input shape (``_Step``); each call writes fresh output
+        buffers (reusing fixed ones per block was slower: 16 buffers of a whole map each stay
+        out of cache, where PyTorch's allocator hands back the block just freed)."""
         fuse = nxt is not None and nxt.bn_mode != BN_NONE
         step = self._step(tuple(x.shape), nxt if fuse else None)
         step.bind(xp, _f32_tensor(gain), _f32_tensor(shortcut))
+        out, xp2, y2 = step.new_outputs()
         kernels.run_tasks(step.args, step.n_tasks, step.work_ns, step.launch)
         if nxt is None:
-            return step.out, None, None
+            return out, None, None
         if not fuse:
-            return (step.out, *nxt.prepare(step.out))
-        return step.out, step.xp2, step.y2
+            return (out, *nxt.prepare(out))
+        return out, xp2, y2
 
     def _step(self, shape: tuple[int, ...], nxt: PackedHalfBlock | None) -> _Step:
         """The launch of this block's kernel for input ``shape`` followed (fused) by ``nxt``:
@@ -291,25 +293,29 @@ class PackedHalfBlock(nn.Module):
         n, _, h, w = shape
         conv = self.conv
         oh, ow = conv.output_size(h, w)
-        out = torch.empty((n, conv.out_channels, oh, ow), dtype=torch.float32)
-        xp2, y2 = _NO_U64_4D, None
+        out_shape = (n, conv.out_channels, oh, ow)
+        xp2_shape, pad_word = None, None
         if nxt is not None:
-            xp2 = nxt.conv.packed_buffer(n, oh, ow)
-            y2 = torch.empty_like(out) if nxt.gate is not None else None
+            p = nxt.conv.padding
+            xp2_shape = (n, oh + 2 * p, ow + 2 * p, nxt.conv._pad_word.shape[0])
+            pad_word = nxt.conv._pad_word if nxt.conv.pad_value < 0 else None
         args = self._static(nxt).copy()
-        xp = conv.packed_buffer(n, h, w)  # only its shape is used: the data pointer is per call
-        for slot, arr in ((kernels.HalfArgs.XP, xp), (kernels.HalfArgs.OUT, out.numpy()),
-                          (kernels.HalfArgs.XP2, xp2),
-                          (kernels.HalfArgs.Y2, _NO_F32_4D if y2 is None else y2.numpy())):
-            args[slot] = arr.ctypes.data
-            args[slot + 1 : slot + 1 + arr.ndim] = arr.shape
-        gain_shape, out_shape = (n, conv.out_channels), tuple(out.shape)
-        for slot, dims in ((kernels.HalfArgs.GAIN, gain_shape),
-                           (kernels.HalfArgs.SHORTCUT, out_shape)):  # fmt: skip
+        gain_shape = (n, conv.out_channels)
+        xp_shape = (n, h + 2 * conv.padding, w + 2 * conv.padding, conv._pad_word.shape[0])
+        write_y = nxt is not None and nxt.gate is not None
+        A = kernels.HalfArgs
+        dims_of = {A.XP: xp_shape, A.GAIN: gain_shape, A.SHORTCUT: out_shape, A.OUT: out_shape,
+                   A.XP2: xp2_shape or _NO_U64_4D.shape,
+                   A.Y2: out_shape if write_y else _NO_F32_4D.shape}  # fmt: skip
+        for slot, dims in dims_of.items():
             args[slot + 1 : slot + 1 + len(dims)] = dims
+        if nxt is None:
+            args[kernels.HalfArgs.XP2] = _NO_U64_4D.ctypes.data
+        if nxt is None or nxt.gate is None:
+            args[kernels.HalfArgs.Y2] = _NO_F32_4D.ctypes.data
         n_tasks, work_ns = kernels.half_tasks(args, n, oh, ow, threads)
-        return _Step(args, out, xp2, y2, int(n_tasks), int(work_ns), _launch("half_block"),
-                     gain_shape, out_shape)  # fmt: skip
+        return _Step(args, int(n_tasks), int(work_ns), _launch("half_block"), gain_shape,
+                     out_shape, xp2_shape, pad_word, write_y)
 
     def unfused_part(
         self, x: torch.Tensor, xp: np.ndarray, y: torch.Tensor | None, shortcut: torch.Tensor
@@ -328,7 +334,7 @@ class PackedHalfBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xp, y = self.prepare(x)
-        return self.run(x, xp, y)[0].clone()  # the step's buffer is reused by the next call
+        return self.run(x, xp, y)[0]
 
 
 @dataclass
@@ -338,17 +344,38 @@ class _Step:
     the buffers it writes, and the launch figures."""
 
     args: np.ndarray
-    out: torch.Tensor
-    xp2: np.ndarray
-    y2: torch.Tensor | None
     n_tasks: int
     work_ns: int
     launch: tuple
     gain_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
+    #: the next block's packed input (``None``: not fused), and its padding word when it pads
+    #: with -1 (``None``: +1 padding, a border of zero words)
+    xp2_shape: tuple[int, ...] | None
+    pad_word: np.ndarray | None
+    write_y: bool
     #: the inputs of the last call, held so that their addresses stay valid and are set again
     #: only when another object comes (most calls pass the same buffers as the call before)
     inputs: list = field(default_factory=lambda: [None, None, None])
+
+    def new_outputs(self) -> tuple[torch.Tensor, np.ndarray | None, torch.Tensor | None]:
+        """Fresh output buffers of this call, the argument array pointed at them: the block's
+        output, the next block's packed input (border holding its padding) and its ``pre``
+        output when its gate reads it."""
+        args = self.args
+        out = torch.empty(self.out_shape)
+        args[kernels.HalfArgs.OUT] = out.data_ptr()
+        xp2 = y2 = None
+        if self.xp2_shape is not None:
+            words = torch.zeros(self.xp2_shape, dtype=torch.uint64)
+            xp2 = words.numpy()
+            if self.pad_word is not None:
+                xp2[...] = self.pad_word
+            args[kernels.HalfArgs.XP2] = words.data_ptr()
+            if self.write_y:
+                y2 = torch.empty(self.out_shape)
+                args[kernels.HalfArgs.Y2] = y2.data_ptr()
+        return out, xp2, y2
 
     def bind(self, xp: np.ndarray, gain: torch.Tensor, shortcut: torch.Tensor) -> None:
         """Point the argument array at this call's packed input, gain and shortcut."""

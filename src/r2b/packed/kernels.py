@@ -798,26 +798,6 @@ def half_block(static, xp, gain, shortcut, out, xp2, y2, launch):
     _run_parallel(args, out.shape[0] * n_groups * n_task_o, launch, macs // 1500 + out.size // 4)
 
 
-@njit(cache=True, nogil=True)
-def half_tasks(args, n, out_h, out_w, n_threads):
-    """Set the rows per task of a ``half_block`` argument array for an ``(n, O, out_h, out_w)``
-    output on ``n_threads``; returns ``(n_tasks, estimated single-thread ns)`` for ``run_tasks``
-    (the launch arithmetic of ``half_block``, done once per input shape)."""
-    A = HalfArgs
-    n_task_o = (args[A.WT + 1] * TILE_O + TASK_O - 1) // TASK_O
-    group = _rows_per_task(out_h, out_w, n * n_task_o, n_threads)
-    args[A.GROUP] = group
-    n_groups = (out_h + group - 1) // group
-    size = n * args[A.N_OUT_CH] * out_h * out_w
-    return n * n_groups * n_task_o, size * args[A.K_TOTAL] // 1500 + size // 4
-
-
-@njit(cache=True, nogil=True)
-def run_tasks(args, n_tasks, work_ns, launch):
-    """Run the worker of ``launch`` over a complete argument array (``half_tasks``)."""
-    _run_parallel(args, n_tasks, launch, work_ns)
-
-
 # ------------------------------------------------------------------ stem tail
 
 

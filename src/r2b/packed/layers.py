@@ -19,9 +19,6 @@ the packed network equals the float one bit for bit.
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -173,7 +170,6 @@ class PackedHalfBlock(nn.Module):
         self._flags = (post_mode if post is not None else BN_NONE, act_kind or 0,
                        int(self.act_after_add))  # fmt: skip
         self._statics: dict = {}
-        self._steps: dict = {}
         self._scales: dict[int, torch.Tensor] = {}
         self._gate_weights = _gate_weights(self.gate)
 
@@ -261,61 +257,25 @@ class PackedHalfBlock(nn.Module):
         shortcut: torch.Tensor,
         nxt: PackedHalfBlock | None = None,
     ) -> tuple[torch.Tensor, np.ndarray | None, torch.Tensor | None]:
-        """The compiled side: binary conv, epilogue and (fused) the next block's pre + pack.
-
-        The launch is prepared once per input shape (``_Step``); each call writes fresh output
-        buffers (reusing fixed ones per block was slower: 16 buffers of a whole map each stay
-        out of cache, where PyTorch's allocator hands back the block just freed)."""
+        """The compiled side: binary conv, epilogue and (fused) the next block's pre + pack."""
+        n = x.shape[0]
+        conv = self.conv
+        oh, ow = conv.output_size(x.shape[2], x.shape[3])
+        out = torch.empty((n, conv.out_channels, oh, ow), dtype=torch.float32)
         fuse = nxt is not None and nxt.bn_mode != BN_NONE
-        step = self._step(tuple(x.shape), nxt if fuse else None)
-        step.bind(xp, _f32_tensor(gain), _f32_tensor(shortcut))
-        out, xp2, y2 = step.new_outputs()
-        kernels.run_tasks(step.args, step.n_tasks, step.work_ns, step.launch)
+        xp2, y2 = _NO_U64_4D, None
+        if fuse:
+            xp2 = nxt.conv.packed_buffer(n, oh, ow)
+            y2 = torch.empty_like(out) if nxt.gate is not None else None
+        kernels.half_block(
+            self._static(nxt if fuse else None), xp, _f32(gain), _f32(shortcut), out.numpy(), xp2,
+            _NO_F32_4D if y2 is None else y2.numpy(), _launch("half_block"),
+        )  # fmt: skip
         if nxt is None:
             return out, None, None
         if not fuse:
-            return (out, *nxt.prepare(out))
+            xp2, y2 = nxt.prepare(out)
         return out, xp2, y2
-
-    def _step(self, shape: tuple[int, ...], nxt: PackedHalfBlock | None) -> _Step:
-        """The launch of this block's kernel for input ``shape`` followed (fused) by ``nxt``:
-        its complete argument array and output buffers, made once per shape, next block, thread
-        count and calling thread."""
-        threads = torch.get_num_threads()
-        key = (shape, None if nxt is None else (id(nxt), nxt.bn_mode), threads,
-               threading.get_ident())  # fmt: skip
-        step = self._steps.get(key)
-        if step is None:
-            step = self._steps[key] = self._make_step(shape, nxt, threads)
-        return step
-
-    def _make_step(self, shape: tuple[int, ...], nxt: PackedHalfBlock | None, threads: int):
-        n, _, h, w = shape
-        conv = self.conv
-        oh, ow = conv.output_size(h, w)
-        out_shape = (n, conv.out_channels, oh, ow)
-        xp2_shape, pad_word = None, None
-        if nxt is not None:
-            p = nxt.conv.padding
-            xp2_shape = (n, oh + 2 * p, ow + 2 * p, nxt.conv._pad_word.shape[0])
-            pad_word = nxt.conv._pad_word if nxt.conv.pad_value < 0 else None
-        args = self._static(nxt).copy()
-        gain_shape = (n, conv.out_channels)
-        xp_shape = (n, h + 2 * conv.padding, w + 2 * conv.padding, conv._pad_word.shape[0])
-        write_y = nxt is not None and nxt.gate is not None
-        A = kernels.HalfArgs
-        dims_of = {A.XP: xp_shape, A.GAIN: gain_shape, A.SHORTCUT: out_shape, A.OUT: out_shape,
-                   A.XP2: xp2_shape or _NO_U64_4D.shape,
-                   A.Y2: out_shape if write_y else _NO_F32_4D.shape}  # fmt: skip
-        for slot, dims in dims_of.items():
-            args[slot + 1 : slot + 1 + len(dims)] = dims
-        if nxt is None:
-            args[kernels.HalfArgs.XP2] = _NO_U64_4D.ctypes.data
-        if nxt is None or nxt.gate is None:
-            args[kernels.HalfArgs.Y2] = _NO_F32_4D.ctypes.data
-        n_tasks, work_ns = kernels.half_tasks(args, n, oh, ow, threads)
-        return _Step(args, int(n_tasks), int(work_ns), _launch("half_block"), gain_shape,
-                     out_shape, xp2_shape, pad_word, write_y)
 
     def unfused_part(
         self, x: torch.Tensor, xp: np.ndarray, y: torch.Tensor | None, shortcut: torch.Tensor
@@ -335,66 +295,6 @@ class PackedHalfBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xp, y = self.prepare(x)
         return self.run(x, xp, y)[0]
-
-
-@dataclass
-class _Step:
-    """One prepared launch of a half block's kernel (``PackedHalfBlock._step``): the argument
-    array with every pointer but the per-call inputs (packed input, gain, shortcut) filled in,
-    the buffers it writes, and the launch figures."""
-
-    args: np.ndarray
-    n_tasks: int
-    work_ns: int
-    launch: tuple
-    gain_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-    #: the next block's packed input (``None``: not fused), and its padding word when it pads
-    #: with -1 (``None``: +1 padding, a border of zero words)
-    xp2_shape: tuple[int, ...] | None
-    pad_word: np.ndarray | None
-    write_y: bool
-    #: the inputs of the last call, held so that their addresses stay valid and are set again
-    #: only when another object comes (most calls pass the same buffers as the call before)
-    inputs: list = field(default_factory=lambda: [None, None, None])
-
-    def new_outputs(self) -> tuple[torch.Tensor, np.ndarray | None, torch.Tensor | None]:
-        """Fresh output buffers of this call, the argument array pointed at them: the block's
-        output, the next block's packed input (border holding its padding) and its ``pre``
-        output when its gate reads it."""
-        args = self.args
-        out = torch.empty(self.out_shape)
-        args[kernels.HalfArgs.OUT] = out.data_ptr()
-        xp2 = y2 = None
-        if self.xp2_shape is not None:
-            words = torch.zeros(self.xp2_shape, dtype=torch.uint64)
-            xp2 = words.numpy()
-            if self.pad_word is not None:
-                xp2[...] = self.pad_word
-            args[kernels.HalfArgs.XP2] = words.data_ptr()
-            if self.write_y:
-                y2 = torch.empty(self.out_shape)
-                args[kernels.HalfArgs.Y2] = y2.data_ptr()
-        return out, xp2, y2
-
-    def bind(self, xp: np.ndarray, gain: torch.Tensor, shortcut: torch.Tensor) -> None:
-        """Point the argument array at this call's packed input, gain and shortcut."""
-        held, args = self.inputs, self.args
-        if xp is not held[0]:
-            if xp.shape[0] != self.out_shape[0] or xp.dtype != np.uint64:
-                raise ValueError("packed input of the wrong shape for this block")
-            args[kernels.HalfArgs.XP] = xp.ctypes.data
-            held[0] = xp
-        if gain is not held[1]:
-            if tuple(gain.shape) != self.gain_shape:
-                raise ValueError("gain of the wrong shape for this block")
-            args[kernels.HalfArgs.GAIN] = gain.data_ptr()
-            held[1] = gain
-        if shortcut is not held[2]:
-            if tuple(shortcut.shape) != self.out_shape:
-                raise ValueError("shortcut of the wrong shape for this block")
-            args[kernels.HalfArgs.SHORTCUT] = shortcut.data_ptr()
-            held[2] = shortcut
 
 
 def _activation(act: nn.Module | None, channels: int) -> tuple[int | None, dict]:
@@ -551,13 +451,6 @@ def _pool_params(pool: nn.Module | None) -> tuple[int, int, int] | None:
     if not all(isinstance(v, int) for v in (k, s, p, d)) or d != 1:
         return None
     return (k, s, p)
-
-
-def _f32_tensor(t: torch.Tensor) -> torch.Tensor:
-    """``t`` as a contiguous float32 CPU tensor (itself when it already is one)."""
-    if t.dtype != torch.float32:
-        t = t.float()
-    return t if t.is_contiguous() else t.contiguous()
 
 
 def _f32(t: torch.Tensor) -> np.ndarray:

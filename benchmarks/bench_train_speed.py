@@ -12,7 +12,7 @@ of the ratio within a round (paired: robust to drifts of the machine's load).
         --batch 64 --variants float,ban,bnn,teacher              # the larq peer configuration
 
 "float" is the same architecture with no quantizers (identity activations, real weights, zero
-padding); "fp", "ban", "bnn" are the training steps of METHOD.md section 2; "teacher" is the real
+padding); "fp", "ban", "bnn" are the training steps of docs/method.md sec. 2; "teacher" is the real
 ResNet-18 of the same stem and width. The OpenMP wait policy is set explicitly (``active`` by
 default: idle threads spin; ``passive``: they sleep and take tens of microseconds to wake for each
 parallel op, which cost 30-45% of the step on an idle machine here; left unset, libgomp's

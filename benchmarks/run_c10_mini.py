@@ -1,4 +1,4 @@
-"""Issue 4's CPU-scale evidence: the paper's central claims on real CIFAR-10, from one command.
+"""CPU-scale evidence: the paper's central claims on real CIFAR-10, from one command.
 
     python benchmarks/run_c10_mini.py                 # 2 seeds, CPU, resumes where it stopped
     python benchmarks/run_c10_mini.py --parallel 2    # seeds side by side (a GPU machine)

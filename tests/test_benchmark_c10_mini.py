@@ -1,4 +1,4 @@
-"""Issue 4's CPU-scale benchmark: its config encodes the paper's Table 3 rows, and its table
+"""The CPU-scale benchmark (c10_mini): its config encodes the paper's Table 3 rows, and its table
 computes means, spreads and gaps from the runs' results.json files."""
 
 import json

@@ -1,4 +1,4 @@
-"""Binary layers: oracles against the float conv (DESIGN.md habit 8)."""
+"""Binary layers: oracles against the float conv (docs/design.md habit 8)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Losses against direct computations (METHOD.md section 4)."""
+"""Losses against direct computations (docs/method.md section 4)."""
 
 import pytest
 import torch

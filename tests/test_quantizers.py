@@ -1,4 +1,4 @@
-"""Quantizers: forward and backward values by table (METHOD.md section 1)."""
+"""Quantizers: forward and backward values by table (docs/method.md section 1)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Op counts against the paper's Table 1 and larq's summary (METHOD.md section 2)."""
+"""Op counts against the paper's Table 1 and larq's summary (docs/method.md section 2)."""
 
 import json
 from dataclasses import asdict

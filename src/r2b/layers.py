@@ -1,7 +1,7 @@
 """Binary layers: the binary convolution, the learned output scale and the data-driven gate.
 
 A binary layer is the float layer plus quantizer arguments; with no quantizers it *is* the float
-layer (DESIGN.md habit 2) -- except that a convolution with a 1x1 output and no bias runs as one
+layer (docs/design.md habit 2) -- except that a conv with a 1x1 output and no bias runs as one
 GEMM over the taps it reads (``_conv``), equal to ``nn.Conv2d`` up to float rounding, and so does
 the same net's float baseline.
 """
@@ -25,7 +25,7 @@ from r2b.quantizers import (
 
 
 class BinaryConv2d(nn.Conv2d):
-    """Conv2d over quantized inputs and weights (METHOD.md sections 1-2).
+    """Conv2d over quantized inputs and weights (docs/method.md sections 1-2).
 
     ``y = conv(pad(q_a(x), value=pad_value), q_w(W)) * alpha``
 
@@ -38,7 +38,7 @@ class BinaryConv2d(nn.Conv2d):
     - ``weight_scale``: with a weight quantizer, multiply output channel ``o`` by
       ``alpha_o = mean(|W_o|)``, XNOR-Net's analytic scale (Rastegari et al. 2016; the alpha of
       the paper's Eq. 3). It keeps the layer's output at the scale of the real-weight conv when
-      latent weights become binary (METHOD.md section 5).
+      latent weights become binary (docs/method.md section 5).
     """
 
     def __init__(
@@ -369,7 +369,7 @@ class LearnedScale(nn.Module):
     """Learned per-output-channel scale of the strong baseline: ``y_c = s_c * x_c``.
 
     XNOR-Net++ style (Bulat & Tzimiropoulos 2019) as the paper's strong baseline uses it
-    (METHOD.md section 2, step 4 [choice: per channel]). Initialised to 1.
+    (docs/method.md section 2, step 4 [choice: per channel]). Initialised to 1.
     """
 
     def __init__(self, channels: int) -> None:
@@ -385,7 +385,7 @@ class LearnedScale(nn.Module):
 
 
 class Gate(nn.Module):
-    """Data-driven channel re-scaling of Real-to-Binary (paper Sec. 4.2; METHOD.md section 3).
+    """Data-driven channel re-scaling of Real-to-Binary (paper Sec. 4.2; docs/method.md section 3).
 
     ``G(y) = sigmoid(W2 relu(W1 avgpool(y)))`` with ``W1: C_in -> C_in/r``, ``W2: C_in/r -> C_out``,
     no biases, ``r = 8``. ``y`` is the real-valued BatchNorm output of the half block (the tensor

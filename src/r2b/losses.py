@@ -1,4 +1,4 @@
-"""Losses of Real-to-Binary training: attention matching and logit distillation (METHOD.md sec. 4).
+"""Losses of Real-to-Binary: attention matching and logit distillation (docs/method.md sec. 4).
 
 - Attention map of activations ``A`` (N, C, H, W) at a transfer point (Zagoruyko & Komodakis
   2017, as the paper's Eq. 2 uses it): ``Q = sum_c |A_c|^2``, an H x W map, flattened to (N, HW).
@@ -7,7 +7,7 @@
       L_att = (1/N) sum_n sum_j || Q_s/||Q_s||_2 - Q_t/||Q_t||_2 ||_2^2
 
   over the J transfer points j (the 8 basic-block outputs). The paper does not say whether the
-  outer norm is squared; we square it [choice, METHOD.md].
+  outer norm is squared; we square it [choice, docs/method.md].
 - larq form (option): ``Q = mean_c A_c^2``, each map divided by its maximum, mean squared error
   over positions, averaged over transfer points (larq/zoo's Real-to-Binary training; weight 30).
 - Distillation (Hinton et al. 2015): ``T^2 KL(softmax(t/T) || softmax(s/T))``, batch mean.

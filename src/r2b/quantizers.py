@@ -1,6 +1,6 @@
 """Quantizers: sign with straight-through gradients, as small autograd functions with names.
 
-Forward of every sign quantizer (METHOD.md section 1)::
+Forward of every sign quantizer (docs/method.md section 1)::
 
     q(x) = +1 if x >= 0 else -1          (sign(0) = +1, so the output is always binary)
 
@@ -11,7 +11,7 @@ Backward variants:
 - ``approx_sign`` -- Bi-Real Net's piecewise-polynomial approximation (Liu et al. 2018, Eq. 4):
   ``dq/dx = 2 - 2|x|`` where ``|x| <= 1``, else 0.
 
-``tanh`` is the real-valued stand-in of the ``fp`` training step (METHOD.md section 2).
+``tanh`` is the real-valued stand-in of the ``fp`` training step (docs/method.md section 2).
 Quantizers are looked up by name (``get_quantizer``) so configs and the packed engine can name them.
 
 Speed (the training step of a binary net is mostly these element-wise passes; see

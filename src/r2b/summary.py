@@ -177,9 +177,11 @@ def summary_command(args) -> str:
 
 
 def _model_from_args(args) -> tuple[nn.Module, int]:
+    from r2b.cli_args import check_model_flags, named_model_stem
     from r2b.errors import UserError
     from r2b.models import create_model, is_binary_family, list_models
 
+    check_model_flags(args, named_model_stem(args, args.model))
     kwargs = {
         k: v
         for k, v in {

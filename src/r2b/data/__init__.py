@@ -1,4 +1,4 @@
-"""Datasets, loaders and batch augmentation for r2b (METHOD.md section 5).
+"""Datasets, loaders and batch augmentation for r2b (docs/method.md section 5).
 
 Typical use (the trainer's)::
 

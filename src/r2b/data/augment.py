@@ -1,4 +1,4 @@
-"""Batch-level data augmentation on uint8 image batches, on any device (METHOD.md section 5).
+"""Batch-level data augmentation on uint8 image batches, on any device (docs/method.md section 5).
 
 The loader yields uint8 (N, 3, H, W) batches; ``BatchAugment`` turns one into a normalised float
 batch in a few vectorised tensor operations, on the device the batch is on (on 2 CPU cores,

@@ -1,5 +1,5 @@
 """Random-resized-crop boxes (Szegedy et al. 2015, "Going deeper with convolutions"; the
-ImageNet training crop of ResNet and of the paper, METHOD.md section 5).
+ImageNet training crop of ResNet and of the paper, docs/method.md section 5).
 
 A box covers a fraction ``s ~ U(scale)`` of the image area with aspect ratio ``r`` drawn
 log-uniformly from ``ratio``: ``w = sqrt(s A r)``, ``h = sqrt(s A / r)``, placed uniformly at

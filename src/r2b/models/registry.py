@@ -84,3 +84,22 @@ def model_from_arch(arch: object) -> nn.Module:
         raise ValueError(f"{arch['name']} takes no such arguments ({err})") from None
     model.arch = dict(arch)
     return model
+
+
+def input_size_problem(stem: str, size: int) -> str | None:
+    """Why a ``size x size`` input cannot go through a ResNet-18 with ``stem``, or ``None``.
+
+    Every stride-2 half block halves its map with a 3x3 conv (padding 1: ``ceil(m / 2)``) and its
+    shortcut with a 2x2 average pool (``floor(m / 2)``); the two agree only on even maps, so the
+    map entering stages 2-4 must be a multiple of 8: ``size`` for the CIFAR stem,
+    ``ceil(ceil(size / 2) / 2)`` after the ImageNet stem's stride-2 conv and max-pool.
+    """
+    if size < 1:
+        return f"an input side of {size} pixels is not an image"
+    mapped = size if stem == "cifar" else (((size + 1) // 2) + 1) // 2
+    if mapped % 8 == 0:
+        return None
+    step = 8 if stem == "cifar" else 32
+    fits = max(step, (size + step - 1) // step * step)
+    return (f"the {stem} stem's network cannot take {size}x{size} inputs (its stride-2 blocks "
+            f"need even maps); use a multiple of {step}, e.g. {fits}")  # fmt: skip

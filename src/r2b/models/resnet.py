@@ -1,4 +1,4 @@
-"""ResNet-18 family: the real teacher, the strong baseline and Real-to-Binary (METHOD.md section 2).
+"""ResNet-18 family: the real teacher, the strong baseline, Real-to-Binary (docs/method.md sec. 2).
 
 Binary half block (paper Sec. 4.1, Fig. 1), one per binary conv::
 
@@ -7,6 +7,10 @@ Binary half block (paper Sec. 4.1, Fig. 1), one per binary conv::
     c   = c * s          (strong baseline: learned per-channel scale)
         | c * G(y)       (Real-to-Binary: data-driven gate fed by y)
     out = PReLU(c) + shortcut(x)      shortcut: identity, or AvgPool2x2 -> 1x1 conv -> BN
+
+That is the strong baseline's and Real-to-Binary's half block; Bi-Real Net and ReActNet use
+other parts (no pre-sign BN or a learned shift, a BN after the conv, RPReLU after the add):
+``HalfBlockDesign`` names the parts of each family, ``r2b.models.spec`` the computation.
 
 Two half blocks make a basic block; its output (after the second shortcut add) is one of the 8
 transfer points of attention matching, returned by ``forward_with_features``.

@@ -92,12 +92,26 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_bench)
 
 
+def _check_output_path(out: Path) -> None:
+    """One line, before anything is packed, for an ``-o`` that is a folder or lies under a file."""
+    if out.is_dir():
+        raise UserError(f"-o {out} is a folder; give a file name, e.g. -o {out / 'model.r2b'}")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"-o {out}: {parent} is a file, not a folder; choose another -o")
+            break
+
+
 def run_export(args: argparse.Namespace) -> int:
     import torch
 
+    from r2b.cli_args import check_model_flags
     from r2b.models import create_model, list_models
     from r2b.packed import load, save, to_packed
 
+    check_model_flags(args)
+    _check_output_path(Path(args.out))
     if args.checkpoint in list_models():
         kwargs = {"stage": "bnn"}
         for key in ("stem", "num_classes", "width"):
@@ -203,6 +217,9 @@ def run_bench(args: argparse.Namespace) -> int:
         raise UserError("--threads must be at least 1")
     if args.runs < 1 or args.batch < 1:
         raise UserError("--runs and --batch must be at least 1")
+    from r2b.cli_args import check_model_flags, named_model_stem
+
+    check_model_flags(args, named_model_stem(args, args.model or "r2b_resnet18"))
     if args.against is not None:
         return _run_against(args)
     policy = args.omp_wait_policy or "passive"

@@ -1,4 +1,4 @@
-"""Staged Real-to-Binary training on Lightning Fabric (METHOD.md section 5).
+"""Staged Real-to-Binary training on Lightning Fabric (docs/method.md section 5).
 
 - ``config``: typed dataclasses of a pipeline, read from YAML with ``--set`` overrides.
 - ``recipes``: the built-in quick recipe (``r2b train`` with no arguments).

@@ -3,7 +3,7 @@
 Nothing loaded from disk executes code: tensors come from safetensors files, everything else from
 JSON stored in their metadata (no pickle, so no ``torch.load``).
 
-Two kinds of file (DESIGN.md "On disk"):
+Two kinds of file (docs/design.md "On disk"):
 
 - **weights** (``best.safetensors``, ``last.safetensors``): the model's ``state_dict`` plus
   metadata ``format = "r2b.weights"``, ``version``, ``arch`` (JSON: ``create_model`` name and

@@ -1,8 +1,8 @@
-"""Pipeline configs: typed dataclasses, read from YAML only at the CLI edge (DESIGN.md "Configs").
+"""Pipeline configs: typed dataclasses, read from YAML only at the CLI edge (docs/design.md).
 
-A pipeline is data: a list of stages (DESIGN.md habit 6). Each ``StageConfig`` names its model and
+A pipeline is data: a list of stages (docs/design.md habit 6). Each ``StageConfig`` names its model,
 stage variant, its teacher (an earlier stage, or none), what it initialises from, its optimiser,
-schedule, epochs, batch size, loss weights and augmentation. Defaults follow METHOD.md; every
+schedule, epochs, batch size, loss weights and augmentation. Defaults follow docs/method.md; every
 ``[choice]`` there is a field here.
 
 YAML form (``load_config``)::
@@ -52,7 +52,7 @@ _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 @dataclass
 class ModelConfig:
-    """Which network a stage trains (``r2b.models.create_model``; METHOD.md section 2)."""
+    """Which network a stage trains (``r2b.models.create_model``; docs/method.md section 2)."""
 
     name: str = "r2b_resnet18"  # registered model: resnet18 | sb_resnet18 | r2b_resnet18
     stage: str | None = None  # binary families: fp (tanh) | ban (sign acts) | bnn (+ sign weights)
@@ -90,7 +90,7 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimiser of a stage (METHOD.md section 5: Adam, 1e-3 real / 2e-4 binary weights)."""
+    """Optimiser of a stage (docs/method.md section 5: Adam, 1e-3 real / 2e-4 binary weights)."""
 
     name: str = "adam"  # adam | adamw | sgd
     lr: float = 1e-3  # peak learning rate (after warm-up)
@@ -124,7 +124,7 @@ class AugmentConfig:
 
 @dataclass
 class StageConfig:
-    """One training step of the pipeline (METHOD.md section 5)."""
+    """One training step of the pipeline (docs/method.md section 5)."""
 
     name: str = ""  # unique name; also the stage's folder in the run directory
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -1,4 +1,4 @@
-"""The training loop of one stage, on Lightning Fabric (the only long function, DESIGN.md habit 7).
+"""The training loop of one stage, on Lightning Fabric (the one long function, design habit 7).
 
 Per optimiser step ``s``: take a uint8 batch, augment and normalise it on the device
 (``r2b.data.BatchAugment``), optionally mix it up, set ``lr = lr_0 * factor(s)``

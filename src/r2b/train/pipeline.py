@@ -1,5 +1,5 @@
 """The staged pipeline: run a list of stages in order, each one's teacher and initialisation taken
-from earlier stages' best checkpoints (METHOD.md section 5; DESIGN.md habit 6).
+from earlier stages' best checkpoints (docs/method.md section 5; docs/design.md habit 6).
 
 For stage ``i``: build the student from its model config (seeded by (seed, i)); if it has a
 teacher, rebuild that stage's network from its ``best.safetensors`` and freeze it; if it

@@ -12,7 +12,7 @@ from r2b.train.config import PipelineConfig, build_config
 
 QUICK_YAML = """\
 # The quick Real-to-Binary run: `r2b train` with no arguments.
-# The four steps of METHOD.md section 5 (real teacher -> fp -> ban -> bnn) at CPU scale: a
+# The four steps of docs/method.md section 5 (real teacher -> fp -> ban -> bnn) at CPU scale: a
 # CIFAR-stem ResNet-18 family at width 0.25 on the embedded CIFAR-10 subset (5,000 train /
 # 1,000 test images), 3-8 epochs per stage: about 390 CPU-seconds in all. Measured on 2 cores:
 # 6.2 min wall while one other job shared them, 8.7 min with three or four others.

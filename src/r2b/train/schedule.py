@@ -4,7 +4,7 @@ With ``s`` the step, ``S`` the steps per epoch, ``e = s / S`` the (fractional) e
 warm-up length in epochs and ``E`` the stage's epochs::
 
     factor(s) = (s + 1) / (W S)                       while s < W S   (linear warm-up)
-              = gamma ^ #{m in milestones : m <= e}    kind "step"     (METHOD.md sec. 5)
+              = gamma ^ #{m in milestones : m <= e}    kind "step"     (docs/method.md sec. 5)
               = (1 + cos(pi (e - W) / (E - W))) / 2    kind "cosine"
 
 and ``lr(s) = lr * factor(s)``. Warm-up is used in stages with real weights (5 epochs in the

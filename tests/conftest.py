@@ -13,3 +13,19 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+import signal  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _default_sigchld():
+    """Each test starts with the default SIGCHLD disposition. A DataLoader with worker processes
+    installs PyTorch's SIGCHLD handler for the rest of the process; with it in place, once
+    OpenVINO had run, the next ``subprocess.run`` crashed the whole session (SIGSEGV in
+    ``time.monotonic``, seen with gdb; ``tests/test_data.py``, ``test_openvino.py`` and
+    ``test_packed_cli.py`` in one session reproduce it). r2b's commands never combine the three
+    in one process."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    yield

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from r2b.errors import UserError
+from r2b.models.spec import BinaryNetSpec
 from r2b.packed.bitpack import pack_weight
 from r2b.packed.layers import PackedBinaryConv2d, PackedHalfBlock, PackedStem
 
@@ -103,7 +104,7 @@ class PackedResNet(nn.Module):
         return super().train(False)
 
 
-def check_packable(model: nn.Module) -> None:
+def check_packable(model: nn.Module) -> BinaryNetSpec:
     """Raise a ``UserError`` unless ``model`` describes itself as a binary network
     (``spec()``, ``r2b.models.spec``) whose convolutions are all binary (stage ``bnn``)."""
     if not callable(getattr(model, "spec", None)):
@@ -113,12 +114,14 @@ def check_packable(model: nn.Module) -> None:
             "(r2b summary --list names them; stage 'bnn')"
         )
     stage = getattr(model, "stage", None)
-    convs = model.spec().binary_convs()
+    spec = model.spec()
+    convs = spec.binary_convs()
     if stage != "bnn" or not all(c.is_binary for c in convs):
         raise UserError(
             f"only a fully binary model packs into bits, this one is stage {stage!r} "
             "(real weights or tanh activations); export the 'bnn' stage"
         )
+    return spec
 
 
 def pack_conv(conv: nn.Module) -> PackedConv:
@@ -143,16 +146,19 @@ def to_packed(model: nn.Module) -> PackedResNet:
 
     Raises ``UserError`` for a model that is not fully binary (stages ``fp`` and ``ban``).
     """
-    check_packable(model)
+    spec = check_packable(model)
     with torch.no_grad():
-        convs = [pack_conv(c) for c in model.spec().binary_convs()]
-    return assemble(model, convs)
+        convs = [pack_conv(c) for c in spec.binary_convs()]
+    return assemble(model, convs, spec)
 
 
-def assemble(model: nn.Module, convs: list[PackedConv]) -> PackedResNet:
-    """A ``PackedResNet`` from the description of ``model`` (``model.spec()``) and packed convs
-    (``pack_conv``): every part but the binary convs is a frozen copy of the model's module."""
-    spec = model.spec()
+def assemble(
+    model: nn.Module, convs: list[PackedConv], spec: BinaryNetSpec | None = None
+) -> PackedResNet:
+    """A ``PackedResNet`` from the description of ``model`` (``spec``, else ``model.spec()``)
+    and packed convs (``pack_conv``): every part but the binary convs is a frozen copy of the
+    model's module."""
+    spec = spec or model.spec()
     if len(spec.halves) != len(convs):
         raise ValueError(f"{len(convs)} packed convs for {len(spec.halves)} half blocks")
     halves = [
@@ -162,15 +168,15 @@ def assemble(model: nn.Module, convs: list[PackedConv]) -> PackedResNet:
     arch = getattr(model, "arch", {})
     stem = _packed_stem(_frozen(spec.stem))
     packed = PackedResNet(arch, stem, halves, _frozen(spec.pool), _frozen(spec.fc))
-    packed.record = _export_record(model, convs)
+    packed.record = _export_record(model, spec.binary_convs(), convs)
     return packed
 
 
-def _export_record(model: nn.Module, convs: list[PackedConv]) -> PackedRecord:
+def _export_record(model: nn.Module, binary_convs: list, convs: list[PackedConv]) -> PackedRecord:
     """The binary convs by module name and every other tensor of the float model's
     ``state_dict`` (``num_batches_tracked`` left out)."""
     names = {id(m): n for n, m in model.named_modules()}
-    binary = tuple((names[id(c)], p) for c, p in zip(model.spec().binary_convs(), convs))
+    binary = tuple((names[id(c)], p) for c, p in zip(binary_convs, convs))
     skip = {f"{name}.weight" for name, _ in binary}
     real = {
         k: v.detach().cpu().clone()

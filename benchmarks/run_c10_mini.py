@@ -38,6 +38,7 @@ RESULTS = HERE / "results"
 ROWS = [
     ("real ResNet-18", ["teacher"], (78.3,)),
     ("strong baseline (SB)", ["sb_ban", "sb_bnn"], (72.1, 69.6)),
+    ("SB, compute-matched (15 epochs)", ["sb15_ban", "sb15_bnn"], ()),
     ("SB + attention + KD", ["akd_ban", "akd_bnn"], (75.4, 73.9)),
     ("SB + progressive teacher-student", ["pts_fp", "pts_ban", "pts_bnn"], (75.7, 74.6)),
     ("Real-to-Bin", ["r2b_fp", "r2b_ban", "r2b_bnn"], (76.5, 76.2)),
@@ -51,10 +52,19 @@ FAMILY_ROWS = [
     ("ReActNet", ["react_ban", "react_bnn"], ()),
 ]
 
+#: The converged protocol (issue 12): 500 images a class, N = 30 epochs a stage, SB also at 2N.
+CONVERGED_ROWS = [
+    ("real ResNet-18", ["teacher"], (78.3,)),
+    ("strong baseline (SB), N epochs", ["sb_ban", "sb_bnn"], (72.1, 69.6)),
+    ("strong baseline (SB), 2N epochs", ["sb2n_ban", "sb2n_bnn"], ()),
+    ("Real-to-Bin", ["r2b_fp", "r2b_ban", "r2b_bnn"], (76.5, 76.2)),
+]
+
 #: ``--pipeline``: (config, rows, results name).
 PIPELINES = {
     "table3": (HERE / "c10_mini" / "pipeline.yaml", ROWS, "c10_mini"),
     "families": (HERE / "c10_mini" / "families.yaml", FAMILY_ROWS, "c10_mini_families"),
+    "converged": (HERE / "c10_mini" / "converged.yaml", CONVERGED_ROWS, "c10_converged"),
 }
 
 

@@ -22,6 +22,30 @@ accepted for a float field), and ``--set key=value`` overrides are applied after
 for stages, by its ``name``; ``*`` addresses every element (``stages.*.epochs=1``). Values are
 parsed as YAML scalars (``--set data.root=null``, ``--set stages.fp.augment.ops=[flip]``).
 Every problem raises ``r2b.errors.UserError`` naming the key and what to do.
+
+Inheritance (``read_recipe``): a recipe file may start from others, so that it states only what
+differs. ``base: ../cifar100/r2b.yaml`` (a path relative to the file's folder) or a list
+``base: [a.yaml, b.yaml]`` names recipes, each resolved with its own bases first; they are merged
+in order (b over a) and the file's own keys over the result. The merge, of the plain mappings:
+
+- a mapping merges key by key, recursively (``data: {root: x}`` keeps the base's ``data.name``;
+  ``stage_defaults`` merges the same way);
+- anything else, a scalar, null or a list (``augment.ops``, ``schedule.milestones``), replaces
+  the base's value whole;
+- ``stages``, the one list that merges, is matched by ``name``: a child stage merges (as a
+  mapping) into the base stage of the same name, which keeps its place; a stage with a new name
+  is appended, in the child's order. A stage is named, not numbered, everywhere else
+  (``--set stages.bnn.epochs=1``, ``teacher: ban``, the folder ``RUN/bnn``), so this is the
+  addressing a reader already knows, and a row that changes one key of one stage says only that
+  (replacing the list would bring back the copies). A child cannot drop or reorder stages: base
+  it on recipes that hold only the stages it wants, e.g. ``base: [resnet18.yaml, sb.yaml]`` is
+  the teacher followed by the strong baseline's two stages.
+
+Inheritance comes first: ``stage_defaults`` of the merged recipe then goes under every stage (a
+stage's own key wins, whichever file set it), then ``--set`` overrides apply. A base cycle, a
+missing base file or a base that is not a mapping is a ``UserError`` naming the file. The run
+folder's ``config.yaml`` is the resolved config (``dump_yaml``), so resuming a run never reads
+its base files again.
 """
 
 from __future__ import annotations
@@ -292,7 +316,9 @@ def _from_mapping(cls, data: dict, where: str):
 def from_dict(data: dict) -> PipelineConfig:
     """Typed, validated ``PipelineConfig`` from a plain dict (after ``stage_defaults``/--set)."""
     if not isinstance(data, dict):
-        raise UserError("a config must be a YAML mapping of keys to values; see configs/quick.yaml")
+        raise UserError(
+            f"a config must be a YAML mapping of keys to values; see {_example_recipe()}"
+        )
     cfg = _from_mapping(PipelineConfig, data, "")
     validate(cfg)
     return cfg
@@ -389,28 +415,6 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def read_yaml(path: str | Path) -> dict:
-    """The mapping in a YAML config file; UserError if it is missing or not valid YAML."""
-    path = Path(path)
-    if not path.is_file():
-        problem = "is not a file" if path.exists() else "does not exist"
-        raise UserError(
-            f"config file {path} {problem}; give the path of a YAML recipe "
-            "(e.g. configs/cifar10/r2b.yaml) or leave out --config for the quick default"
-        )
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"config file {path} is not valid YAML{at}; fix its syntax") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read config file {path} ({err}); check the file") from None
-    if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a mapping of keys (see configs/quick.yaml)")
-    return data
-
-
 def build_config(data: dict, overrides: list[str] | None = None) -> PipelineConfig:
     """Plain dict (as read from YAML) + ``--set`` overrides -> validated ``PipelineConfig``."""
     data = expand_stage_defaults(data)
@@ -419,8 +423,116 @@ def build_config(data: dict, overrides: list[str] | None = None) -> PipelineConf
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
-    """Read a YAML recipe, merge ``stage_defaults``, apply ``--set`` overrides, validate."""
-    return build_config(read_yaml(path), overrides)
+    """Read a YAML recipe and its bases, merge ``stage_defaults``, apply ``--set``, validate."""
+    return build_config(read_recipe(path), overrides)
+
+
+# --------------------------------------------------------------------------- recipe files, base:
+
+BASE_KEY = "base"
+
+
+def _example_recipe() -> str:
+    """The path of the built-in quick recipe: a file every user has, whatever the install."""
+    from r2b.train.recipes import recipe_path  # (r2b.train.recipes imports this module)
+
+    return str(recipe_path())
+
+
+def read_yaml(path: str | Path, named_by: Path | None = None) -> dict:
+    """The mapping in one YAML file; UserError if it is missing, not valid YAML or no mapping.
+
+    ``named_by`` is the recipe whose ``base:`` names this file: the messages then say so, since
+    the user typed that file's name, not this one's.
+    """
+    path = Path(path)
+    what = f"config file {path}" if named_by is None else f"base file {path} (named by {named_by})"
+    if not path.is_file():
+        problem = "is not a file" if path.exists() else "does not exist"
+        fix = (
+            f"fix the base: entry in {named_by} (a path relative to its folder)"
+            if named_by is not None
+            else "give the path of a YAML recipe (e.g. configs/cifar10/r2b.yaml) or leave out "
+            "--config for the quick default"
+        )
+        raise UserError(f"{what} {problem}; {fix}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{what} is not valid YAML{at}; fix its syntax") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {what} ({err}); check the file") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{what} must hold a mapping of keys (see {_example_recipe()})")
+    return data
+
+
+def read_recipe(path: str | Path) -> dict:
+    """The mapping of a recipe file with its bases merged under it, as the module docstring
+    says; the result has no ``base`` key (it is a plain recipe, as if written in one file)."""
+    return _resolve_bases(Path(path), ())
+
+
+def _resolve_bases(path: Path, chain: tuple[Path, ...]) -> dict:
+    """``path``'s recipe, resolved; ``chain``: the files whose ``base:`` led here, outermost
+    first (a file already in it closes a cycle)."""
+    if path.resolve() in {p.resolve() for p in chain}:
+        cycle = " -> ".join(str(p) for p in (*chain, path))
+        raise UserError(
+            f"config file {chain[-1]}: its base: entries form a cycle ({cycle}); remove the "
+            "entry that leads back"
+        )
+    data = read_yaml(path, chain[-1] if chain else None)
+    merged: dict = {}
+    for base in _base_files(data, path):
+        merged = merge_recipes(merged, _resolve_bases(base, (*chain, path)))
+    return merge_recipes(merged, {k: v for k, v in data.items() if k != BASE_KEY})
+
+
+def _base_files(data: dict, path: Path) -> list[Path]:
+    """The files ``path``'s ``base:`` names (none, one path, or a list), in merge order."""
+    entries = data.get(BASE_KEY)
+    entries = [] if entries is None else [entries] if isinstance(entries, str) else entries
+    if not isinstance(entries, list) or not all(isinstance(e, str) and e for e in entries):
+        raise UserError(
+            f"config file {path}: base must be a path or a list of paths (relative to the "
+            f"file's folder), got {data[BASE_KEY]!r}; fix the base: key"
+        )
+    return [path.parent / e for e in entries]
+
+
+def merge_recipes(base: dict, child: dict) -> dict:
+    """Recipe mapping ``child`` merged over ``base`` (neither is modified): mappings key by key,
+    ``stages`` by name, anything else replaced (the module docstring gives the reason)."""
+    out = _deep_merge(base, {k: v for k, v in child.items() if k != "stages"})
+    if "stages" in child:
+        out["stages"] = _merge_stages(base.get("stages"), child["stages"])
+    return out
+
+
+def _merge_stages(base: Any, child: Any) -> Any:
+    """Each child stage merged into the base stage of its name, or appended if the name is new."""
+    if not (isinstance(base, list) and isinstance(child, list)):
+        return copy.deepcopy(child)  # not two lists: from_dict says what is wrong with it
+    out = copy.deepcopy(base)
+    for stage in child:
+        i = _stage_index(out, stage)
+        if i is None:
+            out.append(copy.deepcopy(stage))
+        else:
+            out[i] = _deep_merge(out[i], stage)
+    return out
+
+
+def _stage_index(stages: list, stage: Any) -> int | None:
+    """Index of the first of ``stages`` with ``stage``'s name; None if it has none or a new one."""
+    name = stage.get("name") if isinstance(stage, dict) else None
+    if not isinstance(name, str):
+        return None
+    named = (i for i, s in enumerate(stages) if isinstance(s, dict) and s.get("name") == name)
+    return next(named, None)
 
 
 # --------------------------------------------------------------------------- validation
@@ -540,61 +652,84 @@ def validate(cfg: PipelineConfig) -> None:
     cost the earlier stages' training time. What needs the data (augmentations that fit its
     kind, batch sizes against its size) is checked by the pipeline right after loading it.
     """
-    from r2b.models import list_models
-
     _check(bool(cfg.stages), "the config has no stages; add at least one under `stages:`")
     _check_finite(cfg)
     _validate_run(cfg)
     seen: list[str] = []
     for i, s in enumerate(cfg.stages):
-        w = f"stages[{i}]"
-        _check(
-            bool(_NAME_RE.match(s.name)),
-            f"config key {w}.name is {s.name!r}; give every stage a name of letters, digits, "
-            "'_', '-' or '.' (it names the stage's folder)",
-        )
-        _check(s.name not in seen, f"two stages are named {s.name!r}; stage names must be unique")
-        m = s.model
-        _check_choice(m.name, list_models(), f"{w}.model.name")
-        _check_choice(m.stem, ("imagenet", "cifar"), f"{w}.model.stem")
-        _check(m.width > 0, f"config key {w}.model.width must be positive")
-        if m.is_binary_family:
-            _check_choice(m.stage, MODEL_STAGES, f"{w}.model.stage")
-            _check_choice(
-                m.activation_quantizer,
-                ("ste_sign", "approx_sign"),
-                f"{w}.model.activation_quantizer",
-            )
-        else:
-            _check(
-                m.stage is None,
-                f"config key {w}.model.stage applies to binary models only; remove it for "
-                f"{m.name} or set it to null",
-            )
-        for ref, what in ((s.teacher, "teacher"), (s.init_from, "init_from")):
-            if ref is None or (what == "init_from" and ref.endswith(".safetensors")):
-                continue
-            _check(
-                ref in seen,
-                f"config key {w}.{what} is {ref!r}, which is not an earlier stage; use one of "
-                f"{seen or 'no stage (this is the first)'} or null",
-            )
-        _check(s.epochs >= 0, f"config key {w}.epochs must be 0 or more")
-        _check(s.batch_size >= 1, f"config key {w}.batch_size must be at least 1")
-        _check_choice(s.loss.att_form, ATTENTION_FORMS, f"{w}.loss.att_form")
-        _check(s.loss.temperature > 0, f"config key {w}.loss.temperature must be positive")
-        for k in ("ce", "kd", "att"):
-            _check(getattr(s.loss, k) >= 0, f"config key {w}.loss.{k} must be 0 or more")
-        _check(
-            s.loss.ce + s.loss.kd + s.loss.att > 0,
-            f"config key {w}.loss: ce, kd and att are all 0, so nothing would be learned; give "
-            "ce a positive weight",
-        )
-        _check(
-            s.teacher is not None or (s.loss.kd == 0 and s.loss.att == 0),
-            f"stage {s.name!r} has kd/att loss weights but no teacher; set {w}.teacher to an "
-            "earlier stage or the weights to 0",
-        )
-        _validate_optim(s, w)
-        _validate_augment(s, w)
+        _validate_stage(s, f"stages[{i}]", seen)
         seen.append(s.name)
+
+
+def _validate_stage(s: StageConfig, w: str, seen: list[str]) -> None:
+    """All checks of one stage ``w``; ``seen``: the names of the stages before it."""
+    _validate_name(s, w, seen)
+    _validate_model(s.model, w)
+    _validate_references(s, w, seen)
+    _check(s.epochs >= 0, f"config key {w}.epochs must be 0 or more")
+    _check(s.batch_size >= 1, f"config key {w}.batch_size must be at least 1")
+    _validate_loss(s, w)
+    _validate_optim(s, w)
+    _validate_augment(s, w)
+
+
+def _validate_name(s: StageConfig, w: str, seen: list[str]) -> None:
+    """A stage name is a folder name, unique in the pipeline."""
+    _check(
+        bool(_NAME_RE.match(s.name)),
+        f"config key {w}.name is {s.name!r}; give every stage a name of letters, digits, "
+        "'_', '-' or '.' (it names the stage's folder)",
+    )
+    _check(s.name not in seen, f"two stages are named {s.name!r}; stage names must be unique")
+
+
+def _validate_model(m: ModelConfig, w: str) -> None:
+    """A registered model; the binary knobs only for binary families."""
+    from r2b.models import list_models
+
+    _check_choice(m.name, list_models(), f"{w}.model.name")
+    _check_choice(m.stem, ("imagenet", "cifar"), f"{w}.model.stem")
+    _check(m.width > 0, f"config key {w}.model.width must be positive")
+    if m.is_binary_family:
+        _check_choice(m.stage, MODEL_STAGES, f"{w}.model.stage")
+        _check_choice(
+            m.activation_quantizer,
+            ("ste_sign", "approx_sign"),
+            f"{w}.model.activation_quantizer",
+        )
+    else:
+        _check(
+            m.stage is None,
+            f"config key {w}.model.stage applies to binary models only; remove it for "
+            f"{m.name} or set it to null",
+        )
+
+
+def _validate_references(s: StageConfig, w: str, seen: list[str]) -> None:
+    """``teacher`` and ``init_from`` name earlier stages (``init_from`` may be a weights file)."""
+    for ref, what in ((s.teacher, "teacher"), (s.init_from, "init_from")):
+        if ref is None or (what == "init_from" and ref.endswith(".safetensors")):
+            continue
+        _check(
+            ref in seen,
+            f"config key {w}.{what} is {ref!r}, which is not an earlier stage; use one of "
+            f"{seen or 'no stage (this is the first)'} or null",
+        )
+
+
+def _validate_loss(s: StageConfig, w: str) -> None:
+    """Weights >= 0, not all 0; distillation and attention terms only with a teacher."""
+    _check_choice(s.loss.att_form, ATTENTION_FORMS, f"{w}.loss.att_form")
+    _check(s.loss.temperature > 0, f"config key {w}.loss.temperature must be positive")
+    for k in ("ce", "kd", "att"):
+        _check(getattr(s.loss, k) >= 0, f"config key {w}.loss.{k} must be 0 or more")
+    _check(
+        s.loss.ce + s.loss.kd + s.loss.att > 0,
+        f"config key {w}.loss: ce, kd and att are all 0, so nothing would be learned; give "
+        "ce a positive weight",
+    )
+    _check(
+        s.teacher is not None or (s.loss.kd == 0 and s.loss.att == 0),
+        f"stage {s.name!r} has kd/att loss weights but no teacher; set {w}.teacher to an "
+        "earlier stage or the weights to 0",
+    )

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from networks import binary_networks, check_binary_convs, check_network_logits, randomise
 from torch import nn
 
 from r2b.errors import UserError
-from r2b.layers import LearnedShift, RPReLU
+from r2b.layers import LearnedShift
 from r2b.models import create_model, list_models
 from r2b.models.resnet import BinaryResNet18, HalfBlockDesign
 from r2b.packed import kernels, to_packed
@@ -24,27 +25,6 @@ def _sign(t: torch.Tensor) -> torch.Tensor:
 def _float_conv(y, w, stride, pad, pad_value):
     """The training graph's binary conv: conv2d(pad(sign(y), pad_value), sign(w))."""
     return F.conv2d(F.pad(_sign(y), [pad] * 4, value=pad_value), _sign(w), stride=stride)
-
-
-def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BN statistics and affine terms, PReLU slopes and learned scales (eval mode)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.5)
-                m.running_var.copy_(torch.rand(c, generator=gen) * 1.5 + 0.5)
-                m.weight.copy_(torch.randn(c, generator=gen) * 0.5 + 1.0)
-                m.bias.copy_(torch.randn(c, generator=gen) * 0.5)
-            elif isinstance(m, (nn.PReLU, RPReLU)):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) - 0.5)
-        for name, p in model.named_parameters():
-            if name.endswith("scale.scale"):
-                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
-            elif name.endswith(("shift.shift", "shift_in", "shift_out")):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    return model.eval()
 
 
 # ----------------------------------------------------------------------------- bits
@@ -117,7 +97,7 @@ def test_serial_and_threaded_kernels_agree():
 
 def test_threaded_half_block_equals_serial():
     """The fused kernel (conv, epilogue, next BN + pack) gives the same bits on 1, 2, 3 threads."""
-    model = _randomise(create_model("r2b_resnet18", num_classes=5, stem="cifar", width=0.25))
+    model = randomise(create_model("r2b_resnet18", num_classes=5, stem="cifar", width=0.25))
     packed = to_packed(model)
     x = torch.randn(3, 16, 32, 32)
     first, second = packed.halves[0], packed.halves[1]
@@ -151,7 +131,7 @@ def test_kernels_use_pytorchs_openmp_runtime():
 def test_bn_probe_reproduces_pytorch_batchnorm():
     """The probed arithmetic equals PyTorch's BatchNorm bit for bit on inputs other than the
     probe's (odd sizes, large and tiny values), and its ``a`` is ``weight / sqrt(var + eps)``."""
-    bn = _randomise(nn.Sequential(nn.BatchNorm2d(37)))[0]
+    bn = randomise(nn.Sequential(nn.BatchNorm2d(37)))[0]
     mode, a, b = probe_bn_mode(bn)
     assert mode in (kernels.BN_FMA, kernels.BN_MUL_ADD)
     invstd = 1 / torch.sqrt(bn.running_var + bn.eps)
@@ -182,57 +162,24 @@ def test_affine_probe_of_a_learned_shift_and_of_no_module():
 
 # ----------------------------------------------------------------------------- networks
 
-#: Every registered binary family with both stems (a new family is tested without an edit here).
-NETWORKS = [
-    (name, stem, size, width)
-    for name in list_models(binary=True)
-    for stem, size, width in (("cifar", 32, 0.2), ("imagenet", 64, 0.25))
-]
+#: Every registered binary family with every registered stem (a new family or stem is tested
+#: without an edit here; tests/test_toy_family.py runs the same checks on one it registers).
+NETWORKS = binary_networks()
 
 
 @pytest.mark.parametrize("name, stem, size, width", NETWORKS)
 def test_every_binary_conv_equals_the_training_graph(name, stem, size, width):
-    model = _randomise(create_model(name, num_classes=10, stem=stem, width=width))
-    packed = to_packed(model)
-    inputs = {}
-    hooks = [
-        m.register_forward_pre_hook(lambda mod, args: inputs.__setitem__(mod, args[0]))
-        for m in model.binary_convs()
-    ]
-    with torch.no_grad():
-        model(torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1)))
-    for h in hooks:
-        h.remove()
-    for conv, pconv in zip(model.binary_convs(), packed.binary_convs()):
-        y = inputs[conv]
-        q = conv._q_input(y)
-        p = conv.padding[0]
-        expected = F.conv2d(F.pad(q, [p] * 4, value=conv.pad_value), conv.quantized_weight(),
-                            stride=conv.stride)  # fmt: skip
-        assert torch.equal(pconv(y), expected.to(torch.int32))
-        assert torch.equal(pconv.alpha, conv.weight_alpha())
+    check_binary_convs(name, stem, size, width)
 
 
 @pytest.mark.parametrize("name, stem, size, width", NETWORKS)
 def test_network_logits_equal_the_float_model(name, stem, size, width):
-    model = _randomise(create_model(name, num_classes=10, stem=stem, width=width), seed=2)
-    packed = to_packed(model)
-    x = torch.randn(256, 3, size, size, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        expected = model(x)
-    got = packed(x)
-    rel = ((got - expected).abs().max() / expected.abs().max()).item()
-    assert rel <= 1e-4
-    assert (got.argmax(1) == expected.argmax(1)).all()
-    assert torch.equal(got, expected)  # in fact bit for bit
-    one = packed(x[:1])  # batch 1 takes other PyTorch algorithms in places
-    with torch.no_grad():
-        assert torch.equal(one, model(x[:1]))
+    check_network_logits(name, stem, size, width)
 
 
 def test_fallback_paths_stay_exact():
     """BN through the PyTorch module (no fused BN) and no weight scale."""
-    model = _randomise(create_model("r2b_resnet18", num_classes=5, stem="cifar", width=0.125,
+    model = randomise(create_model("r2b_resnet18", num_classes=5, stem="cifar", width=0.125,
                                     weight_scale=False))  # fmt: skip
     packed = to_packed(model)
     for half in packed.halves:
@@ -255,7 +202,7 @@ def test_every_family_is_fused_and_an_unknown_layer_falls_back_exactly(name):
     """Each registered family runs every half block in the compiled epilogue; a post or an
     activation the epilogue cannot reproduce runs in PyTorch around the integer conv, still
     bit for bit."""
-    model = _randomise(create_model(name, num_classes=5, stem="cifar", width=0.125), seed=4)
+    model = randomise(create_model(name, num_classes=5, stem="cifar", width=0.125), seed=4)
     x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     assert all(h.fused for h in to_packed(model).halves)
     for half in (model.blocks[1].half2, model.blocks[2].half1):
@@ -278,7 +225,7 @@ def test_every_family_is_fused_and_an_unknown_layer_falls_back_exactly(name):
 def test_a_new_combination_of_block_parts_packs_exactly(design):
     """A network whose half blocks combine the parts in a way no registered family does packs
     through its description alone, fused, bit for bit."""
-    model = _randomise(BinaryResNet18(7, "imagenet", 0.125, "bnn", design=design), seed=6)
+    model = randomise(BinaryResNet18(7, "imagenet", 0.125, "bnn", design=design), seed=6)
     packed = to_packed(model)
     assert all(h.fused for h in packed.halves)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(8))
@@ -287,7 +234,7 @@ def test_a_new_combination_of_block_parts_packs_exactly(design):
 
 
 def test_to_packed_leaves_the_model_alone_and_is_inference_only():
-    model = _randomise(create_model("sb_resnet18", num_classes=3, stem="cifar", width=0.125))
+    model = randomise(create_model("sb_resnet18", num_classes=3, stem="cifar", width=0.125))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     packed = to_packed(model)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -309,7 +256,7 @@ def test_reused_buffers_give_each_call_its_own_answer():
     with other inputs, other shapes in between, and two threads at once stay exact."""
     import threading
 
-    model = _randomise(create_model("r2b_resnet18", num_classes=5, stem="cifar", width=0.125))
+    model = randomise(create_model("r2b_resnet18", num_classes=5, stem="cifar", width=0.125))
     packed = to_packed(model)
     gen = torch.Generator().manual_seed(9)
     xs = [torch.randn(2, 3, 32, 32, generator=gen) for _ in range(3)] + [torch.randn(1, 3, 64, 64)]

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from r2b.cli import main
@@ -58,7 +59,8 @@ def test_export_of_a_checkpoint_and_refusal_of_a_real_stage(tmp_path, capsys):
 
 def test_bench_of_a_missing_or_damaged_file(tmp_path, capsys):
     assert main(["bench", str(tmp_path / "none.r2b"), *INHERIT]) == 2
-    assert "neither a .r2b file nor a model name" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "neither a model name (" in err and "nor a .r2b file" in err
     bad = tmp_path / "bad.r2b"
     bad.write_bytes(b"R2BPACK\0garbage")
     assert main(["bench", str(bad), *INHERIT]) == 2
@@ -80,3 +82,13 @@ def test_bench_reruns_itself_with_the_wait_policy(tmp_path):
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["omp_wait_policy"] == "PASSIVE" and result["omp_dynamic"] == "TRUE"
+
+
+@pytest.mark.parametrize("command", ["export", "bench"])
+def test_a_real_valued_model_name_is_refused_by_the_registry(tmp_path, capsys, command):
+    """The registry says resnet18 is not a binary family; the error names the ones that are."""
+    argv = [command, "resnet18", *(["-o", str(tmp_path / "x.r2b")] if command == "export" else
+                                   ["--runs", "1", "--warmup", "0", "--no-profile", *INHERIT])]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"resnet18 is real-valued; {command} a binary family (" in err and "sb_resnet18" in err

@@ -24,12 +24,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_summary(sub: argparse._SubParsersAction) -> None:
+    from r2b.models import STAGES, STEMS, list_models
+
     p = sub.add_parser("summary", help="per-layer parameters, size, BOPs, FLOPs and OPs of a model")
-    p.add_argument("model", help="registered model name (see `r2b summary --list`) or checkpoint")
-    p.add_argument("--input-size", type=int, default=224, help="square input side in pixels")
+    names = ", ".join(list_models())
+    p.add_argument("model", help=f"registered model name ({names}) or checkpoint file")
+    p.add_argument(
+        "--input-size", type=int, default=None,
+        help="square input side in pixels (default: the stem's; 224 imagenet, 32 cifar)",
+    )  # fmt: skip
     p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (1000)")
-    p.add_argument("--stem", choices=["imagenet", "cifar"], default=None)
-    p.add_argument("--stage", choices=["fp", "ban", "bnn"], default=None)
+    p.add_argument("--stem", choices=STEMS, default=None)
+    p.add_argument("--stage", choices=STAGES, default=None)
     p.add_argument("--width", type=float, default=None, help="width multiplier (1.0)")
     p.add_argument("--json", action="store_true", help="print only the totals as JSON")
     p.set_defaults(func=_run_summary)

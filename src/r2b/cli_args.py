@@ -1,12 +1,15 @@
-"""Checks of the model flags that ``r2b summary``, ``export`` and ``bench`` share.
+"""Checks of the model flags that ``r2b summary``, ``export`` and ``bench`` share, and the one
+place that decides whether their model argument is a registered model name or a file.
 
 Each bad value is one ``UserError`` naming the flag and what to do, raised before any model is
-built (so nothing fails later inside a forward pass).
+built (so nothing fails later inside a forward pass). What a model is (binary or not, its stems,
+its input size) is asked of the registry (``r2b.models``), never guessed from its name.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from r2b.errors import UserError
 
@@ -33,8 +36,33 @@ def check_model_flags(args: argparse.Namespace, size_stem: str | None = None) ->
 def named_model_stem(args: argparse.Namespace, name: str | None) -> str | None:
     """The stem of the model ``name`` builds from the flags (``--stem``, else ImageNet's), or
     ``None`` when ``name`` is a file (its stem is in the file)."""
-    from r2b.models import list_models
+    from r2b.models import DEFAULT_STEM, list_models
 
     if name is not None and name not in list_models():
         return None
-    return getattr(args, "stem", None) or "imagenet"
+    return getattr(args, "stem", None) or DEFAULT_STEM
+
+
+def model_name_or_file(arg: str, file_kind: str) -> str | Path:
+    """``arg`` itself when it names a registered model, else the existing file it names
+    (``file_kind`` says which kind the command reads, e.g. ``"a .r2b file"``); one
+    ``UserError`` listing the names otherwise. A name wins over a file of the same name."""
+    from r2b.models import list_models
+
+    if arg in list_models():
+        return arg
+    if Path(arg).is_file():
+        return Path(arg)
+    raise UserError(f"{arg!r} is neither a model name ({', '.join(list_models())}) nor {file_kind}")
+
+
+def require_binary_family(name: str, command: str) -> None:
+    """A ``UserError`` when the registered model ``name`` is real-valued: ``command`` (``export``,
+    ``bench``) packs binary convolutions, so it names the binary families instead."""
+    from r2b.models import is_binary_family, list_models
+
+    if not is_binary_family(name):
+        raise UserError(
+            f"{name} is real-valued; {command} a binary family "
+            f"({', '.join(list_models(binary=True))})"
+        )

@@ -340,8 +340,9 @@ def _check_binary(model: nn.Module, spec) -> None:
 
 def _input_size(model: nn.Module, input_size: int | None) -> int:
     if input_size is None:
-        stem = getattr(model, "arch", {}).get("stem", "imagenet")
-        return 224 if stem == "imagenet" else 32
+        from r2b.models import default_input_size
+
+        return default_input_size(getattr(model, "arch", {}))
     if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
         raise UserError(f"input size must be a positive integer, got {input_size!r}")
     return input_size

@@ -177,32 +177,31 @@ def summary_command(args) -> str:
 
 
 def _model_from_args(args) -> tuple[nn.Module, int]:
-    from r2b.cli_args import check_model_flags, named_model_stem
-    from r2b.errors import UserError
-    from r2b.models import create_model, is_binary_family, list_models
+    """The model ``args.model`` names (a registered name built from the flags, or a checkpoint)
+    and the input side to count at: ``--input-size``, else the model's stem's (registry)."""
+    from r2b.cli_args import check_model_flags, model_name_or_file, named_model_stem
+    from r2b.models import default_input_size
 
     check_model_flags(args, named_model_stem(args, args.model))
-    kwargs = {
-        k: v
-        for k, v in {
-            "num_classes": args.num_classes,
-            "stem": args.stem,
-            "width": args.width,
-        }.items()
-        if v is not None
-    }
-    if args.model in list_models():
-        if args.stage is not None:
-            if not is_binary_family(args.model):
-                raise UserError(f"{args.model} is real-valued and has no --stage; drop the option")
-            kwargs["stage"] = args.stage
-        return create_model(args.model, **kwargs), args.input_size
-    from pathlib import Path
-
-    if Path(args.model).is_file():
+    target = model_name_or_file(args.model, "a checkpoint file")
+    if isinstance(target, str):
+        model = _named_model(target, args)
+    else:
         from r2b.train.checkpoint import load_model
 
-        return load_model(args.model)[0], args.input_size
-    raise UserError(
-        f"{args.model!r} is neither a model name ({', '.join(list_models())}) nor a checkpoint file"
-    )
+        model = load_model(target)[0]
+    return model, args.input_size or default_input_size(getattr(model, "arch", {}))
+
+
+def _named_model(name: str, args) -> nn.Module:
+    """The registered model ``name`` with the flags given (``--stage`` only for binary ones)."""
+    from r2b.errors import UserError
+    from r2b.models import create_model, is_binary_family
+
+    flags = {"num_classes": args.num_classes, "stem": args.stem, "width": args.width}
+    kwargs = {k: v for k, v in flags.items() if v is not None}
+    if args.stage is not None:
+        if not is_binary_family(name):
+            raise UserError(f"{name} is real-valued and has no --stage; drop the option")
+        kwargs["stage"] = args.stage
+    return create_model(name, **kwargs)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from r2b.layers import BinaryConv2d, Gate, LearnedScale, LearnedShift, PReLU, RPReLU
-from r2b.models.registry import STAGES, STEMS, register_model
+from r2b.models.registry import DEFAULT_STEM, STAGES, StemDesign, register_model, stem_design
 from r2b.models.spec import BinaryNetSpec, HalfBlockSpec
 
 BASE_WIDTHS = (64, 128, 256, 512)
@@ -43,11 +43,12 @@ def _widths(width: float) -> list[int]:
     return [max(1, round(c * width)) for c in BASE_WIDTHS]
 
 
-def _check(stem: str, stage: str | None = None) -> None:
-    if stem not in STEMS:
-        raise ValueError(f"unknown stem {stem!r}; choose one of {', '.join(STEMS)}")
+def _check(stem: str, stage: str | None = None) -> StemDesign:
+    """The registered design of ``stem``; ``ValueError`` for an unknown stem or stage."""
+    design = stem_design(stem)
     if stage is not None and stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    return design
 
 
 def _block_plan(widths: list[int]) -> list[tuple[int, int, int]]:
@@ -87,18 +88,15 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """Real-valued ResNet-18 teacher; ``stem="cifar"`` uses a 3x3 stride-1 conv and no max-pool."""
+    """Real-valued ResNet-18 teacher; its stem's conv and max-pool follow the registered
+    ``StemDesign`` (``stem="cifar"``: a 3x3 stride-1 conv and no max-pool)."""
 
-    def __init__(self, num_classes: int = 1000, stem: str = "imagenet", width: float = 1.0):
+    def __init__(self, num_classes: int = 1000, stem: str = DEFAULT_STEM, width: float = 1.0):
         super().__init__()
-        _check(stem)
+        design = _check(stem)
         widths = _widths(width)
-        if stem == "imagenet":
-            self.conv1 = nn.Conv2d(3, widths[0], 7, 2, 3, bias=False)
-            self.maxpool = nn.MaxPool2d(3, 2, 1)
-        else:
-            self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
-            self.maxpool = nn.Identity()
+        self.conv1 = _stem_conv(design, widths[0])
+        self.maxpool = _stem_pool(design) or nn.Identity()
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
         plan = _block_plan(widths)
@@ -279,7 +277,7 @@ class BinaryResNet18(nn.Module):
     def __init__(
         self,
         num_classes: int = 1000,
-        stem: str = "imagenet",
+        stem: str = DEFAULT_STEM,
         width: float = 1.0,
         stage: str = "bnn",
         design: HalfBlockDesign = HalfBlockDesign(),
@@ -289,13 +287,13 @@ class BinaryResNet18(nn.Module):
         stem_act: bool = True,
     ) -> None:
         super().__init__()
-        _check(stem, stage)
+        stem_plan = _check(stem, stage)
         self.stage = stage
         widths = _widths(width)
         q_in, q_w = _STAGE_QUANTIZERS[stage]
         q_in = activation_quantizer if q_in == "sign" else q_in
         q_w = "ste_sign" if q_w == "sign" else None
-        self.stem = _binary_stem(stem, widths[0], stem_act)
+        self.stem = _binary_stem(stem_plan, widths[0], stem_act)
         half_kwargs = dict(
             design=design, input_quantizer=q_in, weight_quantizer=q_w,
             weight_scale=weight_scale, pad_value=pad_value,
@@ -332,18 +330,25 @@ class BinaryResNet18(nn.Module):
         return [m for m in self.modules() if isinstance(m, BinaryConv2d)]
 
 
-def _binary_stem(stem: str, channels: int, act: bool) -> nn.Sequential:
-    """Real stem: conv (7x7/2, ImageNet; 3x3/1, CIFAR) -> BN [-> PReLU] [-> max-pool 3x3/2]."""
-    imagenet = stem == "imagenet"
-    layers = [
-        nn.Conv2d(3, channels, 7 if imagenet else 3, 2 if imagenet else 1, 3 if imagenet else 1,
-                  bias=False),
-        nn.BatchNorm2d(channels),
-    ]  # fmt: skip
+def _stem_conv(design: StemDesign, channels: int) -> nn.Conv2d:
+    """The stem's conv: ``kernel x kernel``, ``stride``, padding ``kernel // 2``, no bias."""
+    k = design.kernel
+    return nn.Conv2d(3, channels, k, design.stride, k // 2, bias=False)
+
+
+def _stem_pool(design: StemDesign) -> nn.MaxPool2d | None:
+    """The stem's 3x3/2 max-pool, or ``None`` when its design has none."""
+    return nn.MaxPool2d(3, 2, 1) if design.max_pool else None
+
+
+def _binary_stem(design: StemDesign, channels: int, act: bool) -> nn.Sequential:
+    """Real stem of a binary family: conv (``_stem_conv``) -> BN [-> PReLU] [-> max-pool]."""
+    layers = [_stem_conv(design, channels), nn.BatchNorm2d(channels)]
     if act:
         layers.append(PReLU(channels))
-    if imagenet:
-        layers.append(nn.MaxPool2d(3, 2, 1))
+    pool = _stem_pool(design)
+    if pool is not None:
+        layers.append(pool)
     return nn.Sequential(*layers)
 
 
@@ -361,7 +366,7 @@ def _init_weights(model: nn.Module) -> None:
 
 
 @register_model("resnet18", binary=False)
-def resnet18(num_classes: int = 1000, stem: str = "imagenet", width: float = 1.0) -> ResNet18:
+def resnet18(num_classes: int = 1000, stem: str = DEFAULT_STEM, width: float = 1.0) -> ResNet18:
     """Real ResNet-18: the teacher of the first step."""
     return ResNet18(num_classes, stem, width)
 
@@ -376,7 +381,7 @@ REACTNET = HalfBlockDesign(pre="shift", scaling="none", post_bn=True, act="rprel
 
 @register_model("sb_resnet18", binary=True)
 def sb_resnet18(
-    num_classes: int = 1000, stem: str = "imagenet", width: float = 1.0, stage: str = "bnn",
+    num_classes: int = 1000, stem: str = DEFAULT_STEM, width: float = 1.0, stage: str = "bnn",
     **options,
 ) -> BinaryResNet18:  # fmt: skip
     """Strong baseline: binary ResNet-18, learned per-channel output scale (paper Sec. 4.1)."""
@@ -385,7 +390,7 @@ def sb_resnet18(
 
 @register_model("r2b_resnet18", binary=True)
 def r2b_resnet18(
-    num_classes: int = 1000, stem: str = "imagenet", width: float = 1.0, stage: str = "bnn",
+    num_classes: int = 1000, stem: str = DEFAULT_STEM, width: float = 1.0, stage: str = "bnn",
     **options,
 ) -> BinaryResNet18:  # fmt: skip
     """Real-to-Binary: binary ResNet-18 with the data-driven gate (paper Sec. 4.2)."""
@@ -394,7 +399,7 @@ def r2b_resnet18(
 
 @register_model("bireal_resnet18", binary=True)
 def bireal_resnet18(
-    num_classes: int = 1000, stem: str = "imagenet", width: float = 1.0, stage: str = "bnn",
+    num_classes: int = 1000, stem: str = DEFAULT_STEM, width: float = 1.0, stage: str = "bnn",
     activation_quantizer: str = "approx_sign", **options,
 ) -> BinaryResNet18:  # fmt: skip
     """Bi-Real Net 18 (Liu et al., ECCV 2018): ``sign(x) -> binary conv -> BN -> + x`` around
@@ -410,7 +415,7 @@ def bireal_resnet18(
 
 @register_model("reactnet_resnet18", binary=True)
 def reactnet_resnet18(
-    num_classes: int = 1000, stem: str = "imagenet", width: float = 1.0, stage: str = "bnn",
+    num_classes: int = 1000, stem: str = DEFAULT_STEM, width: float = 1.0, stage: str = "bnn",
     activation_quantizer: str = "approx_sign", **options,
 ) -> BinaryResNet18:  # fmt: skip
     """ReActNet's ResNet-18 variant (Liu et al., ECCV 2020; the Bi-Real-based net of their

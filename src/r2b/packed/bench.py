@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from r2b.errors import UserError
+from r2b.models import DEFAULT_STEM, default_input_size
 from r2b.packed import kernels
 from r2b.packed.engine import PackedResNet, to_packed
 from r2b.packed.parallel import launch_info
@@ -37,38 +38,30 @@ def float_model_for_bench(
 ) -> torch.nn.Module | None:
     """The float eval model (stage bnn, random weights) of a registered binary model name;
     None for anything else (a ``.r2b`` file)."""
+    from r2b.cli_args import require_binary_family
     from r2b.models import create_model, list_models
 
     model = model or DEFAULT_MODEL
     if model not in list_models():
         return None
+    require_binary_family(model, "bench")
     kwargs = {"stage": "bnn"}
     if stem:
         kwargs["stem"] = stem
     if num_classes:
         kwargs["num_classes"] = num_classes
-    try:
-        return create_model(model, **kwargs).eval()
-    except TypeError:
-        raise UserError(
-            f"{model} is not a binary model; bench sb_resnet18 or r2b_resnet18"
-        ) from None
+    return create_model(model, **kwargs).eval()
 
 
 def load_for_bench(model: str | None, stem: str | None, num_classes: int | None) -> PackedResNet:
     """A ``.r2b`` file, or a registered binary model name built with random weights."""
-    from r2b.models import list_models
+    from r2b.cli_args import model_name_or_file
     from r2b.packed.fileformat import load
 
-    float_model = float_model_for_bench(model, stem, num_classes)
-    if float_model is not None:
-        return to_packed(float_model)
-    model = model or DEFAULT_MODEL
-    if Path(model).exists():
-        return load(model)
-    raise UserError(
-        f"{model!r} is neither a .r2b file nor a model name ({', '.join(list_models())})"
-    )
+    target = model_name_or_file(model or DEFAULT_MODEL, "a .r2b file")
+    if isinstance(target, Path):
+        return load(target)
+    return to_packed(float_model_for_bench(target, stem, num_classes))
 
 
 def float_reference(packed: PackedResNet) -> torch.nn.Module:
@@ -101,7 +94,7 @@ def benchmark(
         raise UserError("--runs and --batch must be at least 1")
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    size = input_size or (224 if packed.arch.get("stem", "imagenet") == "imagenet" else 32)
+    size = input_size or default_input_size(packed.arch)
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
     reference = float_reference(packed)
     reference_cl = float_reference(packed).to(memory_format=torch.channels_last)
@@ -270,7 +263,7 @@ def format_report(result: dict, prof: dict | None, peak: dict | None) -> str:
     policy = result.get("omp_wait_policy", os.environ.get("OMP_WAIT_POLICY", "(default)"))
     dynamic = result.get("omp_dynamic", os.environ.get("OMP_DYNAMIC", "(default)"))
     lines = [
-        f"model     {arch.get('name')} stem={arch.get('stem', 'imagenet')} "
+        f"model     {arch.get('name')} stem={arch.get('stem', DEFAULT_STEM)} "
         f"width={arch.get('width', 1.0)}, input {result['batch']}x3x{result['input_size']}"
         f"x{result['input_size']}, {result['threads']} threads, medians of {result['runs']}",
         f"machine   {m['cpu']}, {m['cores']} cores, {m['popcount_isa']}, torch {m['torch']}, "

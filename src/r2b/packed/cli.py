@@ -22,6 +22,8 @@ from r2b.errors import UserError
 
 
 def add_export_parser(sub: argparse._SubParsersAction) -> None:
+    from r2b.models import STEMS
+
     p = sub.add_parser(
         "export",
         help="write a fully binary model as a .r2b file, an LCE flatbuffer or an OpenVINO IR",
@@ -42,7 +44,7 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=int,
                    help="lce and openvino: square input side fixed in the file (default 224 "
                    "for the ImageNet stem, 32 for CIFAR)")  # fmt: skip
-    p.add_argument("--stem", choices=["imagenet", "cifar"], help="with a model name (imagenet)")
+    p.add_argument("--stem", choices=STEMS, help="with a model name (imagenet)")
     p.add_argument("--num-classes", type=int, help="with a model name (1000)")
     p.add_argument("--width", type=float, help="with a model name: width multiplier (1.0)")
     p.add_argument("--seed", type=int, default=0, help="with a model name: weight seed")
@@ -50,6 +52,8 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    from r2b.models import STEMS
+
     p = sub.add_parser(
         "bench",
         help="time the packed network against PyTorch's float ResNet-18",
@@ -62,7 +66,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=1, help="images per forward pass (1)")
     p.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's setting)")
     p.add_argument("--input-size", type=int, help="square input side (224 imagenet, 32 cifar)")
-    p.add_argument("--stem", choices=["imagenet", "cifar"], help="with a model name")
+    p.add_argument("--stem", choices=STEMS, help="with a model name")
     p.add_argument("--num-classes", type=int, help="with a model name")
     p.add_argument("--runs", type=int, default=30, help="timed runs of each network (30)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first (5)")
@@ -104,35 +108,18 @@ def _check_output_path(out: Path) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    import torch
-
-    from r2b.cli_args import check_model_flags
-    from r2b.models import create_model, list_models
+    from r2b.cli_args import check_model_flags, model_name_or_file
     from r2b.packed import load, save, to_packed
 
     check_model_flags(args)
     _check_output_path(Path(args.out))
-    if args.checkpoint in list_models():
-        kwargs = {"stage": "bnn"}
-        for key in ("stem", "num_classes", "width"):
-            if getattr(args, key) is not None:
-                kwargs[key] = getattr(args, key)
-        torch.manual_seed(args.seed)
-        try:
-            model = create_model(args.checkpoint, **kwargs).eval()
-        except TypeError:
-            raise UserError(
-                f"{args.checkpoint} is real-valued; export sb_resnet18 or r2b_resnet18"
-            ) from None
-    elif Path(args.checkpoint).exists():
+    target = model_name_or_file(args.checkpoint, "a checkpoint file")
+    if isinstance(target, str):
+        model = _random_binary_model(target, args)
+    else:
         from r2b.train.checkpoint import load_model
 
-        model, _ = load_model(args.checkpoint)
-    else:
-        raise UserError(
-            f"{args.checkpoint!r} is neither a checkpoint file nor a model name "
-            f"({', '.join(list_models())})"
-        )
+        model, _ = load_model(target)
     if args.format == "openvino":
         return _export_openvino(model, Path(args.out), args.input_size)
     if args.format == "lce":
@@ -153,6 +140,23 @@ def run_export(args: argparse.Namespace) -> int:
         f"{n_bits / 2**20:.2f} MiB as bits; float parameters {float_mib:.1f} MiB); {check}"
     )
     return 0
+
+
+def _random_binary_model(name: str, args: argparse.Namespace):
+    """The registered binary family ``name`` in stage bnn with ``--seed``'s random weights and
+    the model flags given (``--stem``, ``--num-classes``, ``--width``)."""
+    import torch
+
+    from r2b.cli_args import require_binary_family
+    from r2b.models import create_model
+
+    require_binary_family(name, "export")
+    kwargs = {"stage": "bnn"}
+    for key in ("stem", "num_classes", "width"):
+        if getattr(args, key) is not None:
+            kwargs[key] = getattr(args, key)
+    torch.manual_seed(args.seed)
+    return create_model(name, **kwargs).eval()
 
 
 def _export_openvino(model, out: Path, input_size: int | None) -> int:
@@ -185,7 +189,9 @@ def _export_lce(model, out: Path, input_size: int | None) -> int:
             'pip install -e ".[lce]"'
         ) from None
     if input_size is None:
-        input_size = 224 if getattr(model, "arch", {}).get("stem", "imagenet") == "imagenet" else 32
+        from r2b.models import default_input_size
+
+        input_size = default_input_size(getattr(model, "arch", {}))
     result = lce_export(model, out, input_size=input_size)
     size = out.stat().st_size
     ops = result.get("ops") if isinstance(result, dict) else None
@@ -199,7 +205,9 @@ def _verify(model, packed) -> str:
     """Compare the read-back packed model with the float model on a random batch."""
     import torch
 
-    size = 224 if model.arch.get("stem", "imagenet") == "imagenet" else 32
+    from r2b.models import default_input_size
+
+    size = default_input_size(model.arch)
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         expected = model.eval()(x)
@@ -270,6 +278,7 @@ def _run_against(args: argparse.Namespace) -> int:
         raise UserError("--rounds must be at least 1")
     import torch
 
+    from r2b.models import default_input_size
     from r2b.packed import to_packed
     from r2b.packed.bench import float_model_for_bench, load_for_bench
 
@@ -278,13 +287,12 @@ def _run_against(args: argparse.Namespace) -> int:
         packed = to_packed(binary)
     else:
         packed = load_for_bench(args.model, args.stem, args.num_classes)
-    stem = packed.arch.get("stem", "imagenet")
     omp = ("active", "passive")
     if args.omp_wait_policy in ("active", "passive"):
         omp = (args.omp_wait_policy,)
     report = be.compare(
         names, packed, binary, batch=args.batch, threads=args.threads or torch.get_num_threads(),
-        input_size=args.input_size or (224 if stem == "imagenet" else 32), rounds=args.rounds,
+        input_size=args.input_size or default_input_size(packed.arch), rounds=args.rounds,
         runs=args.runs, warmup=args.warmup, omp=omp,
         log=(lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print,
     )  # fmt: skip

@@ -313,6 +313,99 @@ def agreement(model, xml: Path, input_size: int, n: int = 8, seed: int = 1) -> d
     }
 
 
+class _ArtifactBuild:
+    """The state of one ``build_artifacts`` call: where the files go, whether the files of an
+    earlier build may be reused (same stamp, no caller-given model), and what was written."""
+
+    def __init__(self, work_dir: Path, stamp: dict, input_size: int, calib_images: int,
+                 log) -> None:  # fmt: skip
+        self.work_dir, self.stamp, self.log = work_dir, stamp, log
+        self.input_size, self.calib_images = input_size, calib_images
+        self.manifest = work_dir / "manifest.json"
+        old = json.loads(self.manifest.read_text()) if self.manifest.exists() else {}
+        self.fresh = old.get("stamp") != stamp or stamp["custom"]
+        self.info: dict = {} if self.fresh else old.get("info", {})
+        self.files: dict[str, Path] = {}
+        self.missing: dict[str, str] = {}
+        self._calibration: list | None = None
+        self._binary = None
+
+    def ready(self, name: str) -> bool:
+        """True (and ``name`` recorded) when an earlier build's file can be reused."""
+        path = self.work_dir / name
+        if not self.fresh and path.exists():
+            self.files[name] = path
+            return True
+        return False
+
+    def calibration(self) -> list:
+        """The int8 calibration batches, read once (only an int8 file needs them)."""
+        if self._calibration is None:
+            self._calibration, self.info["calibration"] = calibration_batches(
+                self.calib_images, self.input_size
+            )
+        return self._calibration
+
+    def reference_net(self, net: str, wanted: set[str], float_model, seed: int) -> None:
+        """``net``'s pickled ``.pt``, fp32 ONNX and int8 ONNX files, those ``wanted``."""
+        import torch
+
+        names = [n for n in (f"{net}.pt", f"{net}-fp32.onnx", f"{net}-int8.onnx") if n in wanted]
+        if not names or all([self.ready(n) for n in names]):
+            return
+        t0 = time.time()
+        if net == "resnet18" and float_model is not None:
+            model = float_model.eval()
+        else:
+            model = reference_model(net, seed=seed)
+        torch.save(model, self.work_dir / f"{net}.pt")
+        self.files[f"{net}.pt"] = self.work_dir / f"{net}.pt"
+        if any(n.endswith(".onnx") for n in names):
+            self._onnx_files(net, model, wanted)
+        self.log(f"built {net} model files in {time.time() - t0:.1f} s")
+
+    def _onnx_files(self, net: str, model, wanted: set[str]) -> None:
+        fp32 = export_onnx(model, self.work_dir / f"{net}-fp32.onnx", self.input_size)
+        self.files[fp32.name] = fp32
+        if f"{net}-int8.onnx" in wanted:
+            out = self.work_dir / f"{net}-int8.onnx"
+            self.info[f"{net}-int8"] = quantize_int8(fp32, out, self.calibration())
+            self.files[out.name] = out
+
+    def binary(self, given, seed: int):
+        """The float bnn model: the caller's, else the default one, built once for both files."""
+        if self._binary is None:
+            self._binary = given if given is not None else binary_model(seed)
+        return self._binary
+
+    def r2b_packed(self, binary, packed, seed: int) -> None:
+        """``r2b.r2b``: the packed model (written anew each time: it follows the code)."""
+        from r2b.packed import save, to_packed
+
+        if packed is None:
+            packed = to_packed(self.binary(binary, seed))
+        save(packed, self.work_dir / "r2b.r2b")
+        self.files["r2b.r2b"] = self.work_dir / "r2b.r2b"
+
+    def r2b_openvino(self, binary, seed: int) -> None:
+        """``r2b-openvino.xml`` and its agreement with the float model; a failure skips the row."""
+        name = "r2b-openvino.xml"
+        try:
+            binary = self.binary(binary, seed)
+            xml = export_openvino_r2b(binary, self.work_dir / name, self.input_size)
+            self.files[name] = xml
+            self.info["r2b-openvino"] = agreement(binary, xml, self.input_size)
+        except ImportError:
+            self.missing[name] = "r2b.openvino (r2b.openvino.export) does not exist yet"
+        except Exception as err:  # noqa: BLE001 -- a row is skipped, the others still run
+            self.missing[name] = f"r2b.openvino.export failed: {_one_line(err)}"
+
+    def save_manifest(self) -> None:
+        """Record the stamp (a caller-given model is never reused, so it writes none)."""
+        if not self.stamp["custom"]:
+            self.manifest.write_text(json.dumps({"stamp": self.stamp, "info": self.info}, indent=1))
+
+
 def build_artifacts(
     work_dir: Path,
     wanted: set[str],
@@ -329,142 +422,109 @@ def build_artifacts(
     reference (default torchvision's), ``binary`` the float bnn model and ``packed`` its packed
     form (default Real-to-Bin, ImageNet stem). Returns (artifact -> path, artifact -> why it is
     missing, build info)."""
-    import torch
-
     work_dir.mkdir(parents=True, exist_ok=True)
     stamp = {"input_size": input_size, "calib_images": calib_images, "seed": seed,
              "custom": float_model is not None or binary is not None or packed is not None,
              "int8": INT8_SETTINGS, "versions": versions()}  # fmt: skip
-    manifest = work_dir / "manifest.json"
-    old = json.loads(manifest.read_text()) if manifest.exists() else {}
-    fresh = old.get("stamp") != stamp or stamp["custom"]
-    info: dict = {} if fresh else old.get("info", {})
-    files: dict[str, Path] = {}
-    missing: dict[str, str] = {}
-    calibration: list | None = None
-
-    def ready(name: str) -> bool:
-        path = work_dir / name
-        if not fresh and path.exists():
-            files[name] = path
-            return True
-        return False
-
-    def calib() -> list:
-        nonlocal calibration
-        if calibration is None:
-            calibration, info["calibration"] = calibration_batches(calib_images, input_size)
-        return calibration
-
+    build = _ArtifactBuild(work_dir, stamp, input_size, calib_images, log)
     for net in ("resnet18", "mobilenet_v2"):
-        names = [n for n in (f"{net}.pt", f"{net}-fp32.onnx", f"{net}-int8.onnx") if n in wanted]
-        if not names or all([ready(n) for n in names]):
-            continue
-        t0 = time.time()
-        if net == "resnet18" and float_model is not None:
-            model = float_model.eval()
-        else:
-            model = reference_model(net, seed=seed)
-        torch.save(model, work_dir / f"{net}.pt")
-        files[f"{net}.pt"] = work_dir / f"{net}.pt"
-        if any(n.endswith(".onnx") for n in names):
-            fp32 = export_onnx(model, work_dir / f"{net}-fp32.onnx", input_size)
-            files[fp32.name] = fp32
-            if f"{net}-int8.onnx" in wanted:
-                out = work_dir / f"{net}-int8.onnx"
-                info[f"{net}-int8"] = quantize_int8(fp32, out, calib())
-                files[out.name] = out
-        log(f"built {net} model files in {time.time() - t0:.1f} s")
-    # r2b's own files are written anew each time (seconds): they follow the checked-out code
+        build.reference_net(net, wanted, float_model, seed)
     if "r2b.r2b" in wanted:
-        from r2b.packed import save, to_packed
-
-        if packed is None:
-            binary = binary if binary is not None else binary_model(seed)
-            packed = to_packed(binary)
-        save(packed, work_dir / "r2b.r2b")
-        files["r2b.r2b"] = work_dir / "r2b.r2b"
+        build.r2b_packed(binary, packed, seed)
     if "r2b-openvino.xml" in wanted:
-        try:
-            binary = binary if binary is not None else binary_model(seed)
-            files["r2b-openvino.xml"] = export_openvino_r2b(
-                binary, work_dir / "r2b-openvino.xml", input_size
-            )
-            info["r2b-openvino"] = agreement(binary, files["r2b-openvino.xml"], input_size)
-        except ImportError:
-            missing["r2b-openvino.xml"] = "r2b.openvino (r2b.openvino.export) does not exist yet"
-        except Exception as err:  # noqa: BLE001 -- a row is skipped, the others still run
-            missing["r2b-openvino.xml"] = f"r2b.openvino.export failed: {_one_line(err)}"
-    if not stamp["custom"]:
-        manifest.write_text(json.dumps({"stamp": stamp, "info": info}, indent=1))
-    return files, missing, info
+        build.r2b_openvino(binary, seed)
+    build.save_manifest()
+    return build.files, build.missing, build.info
 
 
 # --------------------------------------------------------------------------- the worker
 
 
+def _torch_runner(engine: str, path: str, x, threads: int):
+    """PyTorch eager (a pickled ``.pt``) or r2b's packed engine (a ``.r2b`` file)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    if engine == "torch":
+        model = torch.load(path, weights_only=False).eval()
+    else:
+        from r2b.packed import load
+
+        model = load(path)
+    xt = torch.from_numpy(x)
+
+    def call():
+        with torch.inference_mode():
+            model(xt)
+
+    return call, {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
+def _onnxruntime_runner(engine: str, path: str, x, threads: int):
+    """ONNX Runtime's CPU provider, sequential, all graph optimisations, ``threads`` intra-op."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x}
+    info = {"onnxruntime": ort.__version__, "providers": session.get_providers(),
+            "intra_op_threads": threads, "spinning": "default (allowed)"}  # fmt: skip
+    return (lambda: session.run(None, feed)), info
+
+
+def _openvino_layers(compiled) -> dict[str, int]:
+    """``{"layerType:runtimePrecision": count}`` of a compiled OpenVINO model (what ran how)."""
+    layers: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ops():
+        rt = op.get_rt_info()
+        kind = f"{rt['layerType'].astype(str)}:{rt['runtimePrecision'].astype(str)}"
+        layers[kind] = layers.get(kind, 0) + 1
+    return layers
+
+
+def _openvino_runner(engine: str, path: str, x, threads: int):
+    """OpenVINO's CPU plugin, one stream, latency hint, f32; the IR reshaped to ``x``'s batch
+    where it allows (a static-batch IR keeps its shape)."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(path)
+    reshaped = True
+    try:
+        model.reshape({model.inputs[0]: ov.PartialShape(list(x.shape))})
+    except Exception:  # noqa: BLE001 -- a static-batch IR keeps its shape
+        reshaped = False
+    config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
+              "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}  # fmt: skip
+    compiled = core.compile_model(model, "CPU", config)
+    request = compiled.create_infer_request()
+    request.set_input_tensor(ov.Tensor(x))
+    layers = _openvino_layers(compiled)
+    info = {
+        "openvino": ov.get_version(), "config": {k: str(v) for k, v in config.items()},
+        "reshaped_to_batch": reshaped, "runtime_layers": layers,
+        "binary_convolutions": sum(v for k, v in layers.items()
+                                   if k.startswith("BinaryConvolution")),
+        "int8_convolutions": sum(v for k, v in layers.items() if k.startswith("Convolution:")
+                                 and k.endswith(("u8", "i8"))),
+    }  # fmt: skip
+    return request.infer, info
+
+
+#: The runner of each engine the worker can time.
+_RUNNERS = {"torch": _torch_runner, "packed": _torch_runner,
+            "onnxruntime": _onnxruntime_runner, "openvino": _openvino_runner}  # fmt: skip
+
+
 def _engine_runner(engine: str, path: str, x, threads: int):
     """(call, info): one forward pass of ``path`` on ``x`` by ``engine`` with ``threads``."""
-    if engine in ("torch", "packed"):
-        import torch
-
-        torch.set_num_threads(threads)
-        if engine == "torch":
-            model = torch.load(path, weights_only=False).eval()
-        else:
-            from r2b.packed import load
-
-            model = load(path)
-        xt = torch.from_numpy(x)
-
-        def call():
-            with torch.inference_mode():
-                model(xt)
-
-        return call, {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
-    if engine == "onnxruntime":
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        feed = {session.get_inputs()[0].name: x}
-        info = {"onnxruntime": ort.__version__, "providers": session.get_providers(),
-                "intra_op_threads": threads, "spinning": "default (allowed)"}  # fmt: skip
-        return (lambda: session.run(None, feed)), info
-    if engine == "openvino":
-        import openvino as ov
-
-        core = ov.Core()
-        model = core.read_model(path)
-        reshaped = True
-        try:
-            model.reshape({model.inputs[0]: ov.PartialShape(list(x.shape))})
-        except Exception:  # noqa: BLE001 -- a static-batch IR keeps its shape
-            reshaped = False
-        config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
-                  "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}  # fmt: skip
-        compiled = core.compile_model(model, "CPU", config)
-        request = compiled.create_infer_request()
-        request.set_input_tensor(ov.Tensor(x))
-        layers: dict[str, int] = {}
-        for op in compiled.get_runtime_model().get_ops():
-            rt = op.get_rt_info()
-            kind = f"{rt['layerType'].astype(str)}:{rt['runtimePrecision'].astype(str)}"
-            layers[kind] = layers.get(kind, 0) + 1
-        info = {
-            "openvino": ov.get_version(), "config": {k: str(v) for k, v in config.items()},
-            "reshaped_to_batch": reshaped, "runtime_layers": layers,
-            "binary_convolutions": sum(v for k, v in layers.items()
-                                       if k.startswith("BinaryConvolution")),
-            "int8_convolutions": sum(v for k, v in layers.items() if k.startswith("Convolution:")
-                                     and k.endswith(("u8", "i8"))),
-        }  # fmt: skip
-        return request.infer, info
-    raise ValueError(f"unknown engine {engine!r}")
+    if engine not in _RUNNERS:
+        raise ValueError(f"unknown engine {engine!r}")
+    return _RUNNERS[engine](engine, path, x, threads)
 
 
 def worker_main(argv: list[str] | None = None) -> int:
@@ -841,8 +901,10 @@ def compare(
 
 def format_compare(report: dict) -> str:
     """The text ``r2b bench --against`` prints."""
+    from r2b.models import DEFAULT_STEM
+
     m, a = report["machine"], report["model"]
-    net = f"{a.get('name')} ({a.get('stem', 'imagenet')} stem)"
+    net = f"{a.get('name')} ({a.get('stem', DEFAULT_STEM)} stem)"
     labels = {
         "packed-r2b": f"r2b packed {net}",
         "ov-r2b": f"OpenVINO running {net}, BinaryConvolution",

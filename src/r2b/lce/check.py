@@ -144,58 +144,89 @@ def compare(
     jobs, work = [], []
     with tempfile.TemporaryDirectory(prefix="r2b-lce-check-") as tmp:
         for i, case in enumerate(cases):
-            model, size = case["model"].eval(), case["input_size"]
-            spec = model_spec(model)
-            c_in = next(m for m in spec.stem.modules() if isinstance(m, nn.Conv2d)).in_channels
-            x = case.get("inputs")
-            if x is None:
-                x = torch.randn(n_inputs, c_in, size, size, generator=gen)
-            files = [Path(tmp, f"m{i}_{k}.tflite") for k in ("bits", "plain", "all")]
-            infos = [export(model, f, input_size=size, probes=p)
-                     for f, p in zip(files, [("bits",), False, True])]  # fmt: skip
-            xs = x.permute(0, 2, 3, 1).numpy()
-            for f, inputs in zip(files, [xs, xs[:n_probe], xs[:n_probe]]):
-                jobs.append({"tflite": str(f), "inputs": inputs, "kernel": kernel})
-            work.append((case, model, spec, x, infos, read(files[2].read_bytes())))
+            case_jobs, case_work = _case_files(case, Path(tmp, f"m{i}"), gen, n_inputs, n_probe)
+            jobs += [dict(job, kernel=kernel) for job in case_jobs]
+            work.append(case_work)
         results = runtime.run(jobs, python)
-    reports = []
-    for k, (case, model, spec, x, infos, graph) in enumerate(work):
-        bits_run, plain_run, all_run = results[3 * k : 3 * k + 3]
-        logits_lce = bits_run["outputs"][0]
-        bits = dict(zip(infos[0]["probes"], bits_run["outputs"][1:]))
-        logits, flips = _r2b_side(model, spec, x, bits)
-        per_input = np.abs(logits_lce - logits).max(1) / np.abs(logits).max()
-        clean = ~flips.pop("flipped_inputs")
-        report = {
-            "label": case["label"],
-            "input_size": case["input_size"],
-            "inputs": len(x),
-            "kernel": kernel,
-            "bytes": infos[1]["bytes"],
-            "ops": infos[1]["ops"],
-            "top1_agree": float((logits_lce.argmax(1) == logits.argmax(1)).mean()),
-            "rel_max_diff": float(per_input.max()),
-            "rel_max_diff_without_flips": float(per_input[clean].max()) if clean.any() else None,
-            "inputs_with_flips": int((~clean).sum()),
-            "probes_leave_logits": bool(
-                np.array_equal(plain_run["outputs"][0], logits_lce[: len(plain_run["outputs"][0])])
-                and np.array_equal(all_run["outputs"][0], plain_run["outputs"][0])
-            ),
-        }
-        report.update(flips)
-        if baseline:
-            with torch.no_grad():
-                one = np.concatenate([model(x[i : i + 1]).numpy() for i in range(len(x))])
-            self_diff = np.abs(one - logits).max(1) / np.abs(logits).max()
-            report["r2b_batch1_rel_max_diff"] = float(self_diff.max())
-            report["r2b_batch1_inputs_over_1e-4"] = int((self_diff > 1e-4).sum())
-            report["r2b_batch1_top1_agree"] = float((one.argmax(1) == logits.argmax(1)).mean())
-        if case.get("keep_logits"):
-            report["logits"], report["r2b_logits"] = logits_lce, logits
-        probes = dict(zip(infos[2]["probes"], all_run["outputs"][1:]))
-        report.update(_probe_report(spec, probes, graph))
-        reports.append(report)
-    return reports
+    return [
+        _case_report(case_work, results[3 * k : 3 * k + 3], kernel, baseline)
+        for k, case_work in enumerate(work)
+    ]
+
+
+def _case_files(case: dict, prefix: Path, gen, n_inputs: int, n_probe: int) -> tuple[list, tuple]:
+    """The three files of one case (``{prefix}_bits``, ``_plain``, ``_all``: see ``compare``),
+    the interpreter jobs that run them and what ``_case_report`` needs afterwards (the files
+    live only in ``compare``'s temporary folder, so the probed graph is read here)."""
+    model, size = case["model"].eval(), case["input_size"]
+    spec = model_spec(model)
+    c_in = next(m for m in spec.stem.modules() if isinstance(m, nn.Conv2d)).in_channels
+    x = case.get("inputs")
+    if x is None:
+        x = torch.randn(n_inputs, c_in, size, size, generator=gen)
+    files = [prefix.with_name(f"{prefix.name}_{k}.tflite") for k in ("bits", "plain", "all")]
+    infos = [export(model, f, input_size=size, probes=p)
+             for f, p in zip(files, [("bits",), False, True])]  # fmt: skip
+    xs = x.permute(0, 2, 3, 1).numpy()
+    jobs = [{"tflite": str(f), "inputs": inputs}
+            for f, inputs in zip(files, [xs, xs[:n_probe], xs[:n_probe]])]  # fmt: skip
+    return jobs, (case, model, spec, x, infos, read(files[2].read_bytes()))
+
+
+def _case_report(case_work: tuple, runs: list[dict], kernel: str, baseline: bool) -> dict:
+    """One case's report from its three interpreter runs (bits, plain, all probes)."""
+    case, model, spec, x, infos, graph = case_work
+    bits_run, plain_run, all_run = runs
+    logits_lce = bits_run["outputs"][0]
+    bits = dict(zip(infos[0]["probes"], bits_run["outputs"][1:]))
+    logits, flips = _r2b_side(model, spec, x, bits)
+    clean = ~flips.pop("flipped_inputs")
+    report = {
+        "label": case["label"],
+        "input_size": case["input_size"],
+        "inputs": len(x),
+        "kernel": kernel,
+        "bytes": infos[1]["bytes"],
+        "ops": infos[1]["ops"],
+        **_logit_agreement(logits_lce, logits, clean),
+        "probes_leave_logits": bool(
+            np.array_equal(plain_run["outputs"][0], logits_lce[: len(plain_run["outputs"][0])])
+            and np.array_equal(all_run["outputs"][0], plain_run["outputs"][0])
+        ),
+    }
+    report.update(flips)
+    if baseline:
+        report.update(_batch1_baseline(model, x, logits))
+    if case.get("keep_logits"):
+        report["logits"], report["r2b_logits"] = logits_lce, logits
+    probes = dict(zip(infos[2]["probes"], all_run["outputs"][1:]))
+    report.update(_probe_report(spec, probes, graph))
+    return report
+
+
+def _logit_agreement(logits_lce: np.ndarray, logits: np.ndarray, clean: np.ndarray) -> dict:
+    """Top-1 agreement and max |diff| / max |logit| over all inputs and over the ``clean`` ones
+    (no binarised value flipped; ``None`` when every input has a flip)."""
+    per_input = np.abs(logits_lce - logits).max(1) / np.abs(logits).max()
+    return {
+        "top1_agree": float((logits_lce.argmax(1) == logits.argmax(1)).mean()),
+        "rel_max_diff": float(per_input.max()),
+        "rel_max_diff_without_flips": float(per_input[clean].max()) if clean.any() else None,
+        "inputs_with_flips": int((~clean).sum()),
+    }
+
+
+def _batch1_baseline(model: nn.Module, x: torch.Tensor, logits: np.ndarray) -> dict:
+    """r2b against itself: one input at a time against the whole batch (``compare``'s
+    ``baseline``), so rounding-level flips inside r2b alone can be told apart."""
+    with torch.no_grad():
+        one = np.concatenate([model(x[i : i + 1]).numpy() for i in range(len(x))])
+    self_diff = np.abs(one - logits).max(1) / np.abs(logits).max()
+    return {
+        "r2b_batch1_rel_max_diff": float(self_diff.max()),
+        "r2b_batch1_inputs_over_1e-4": int((self_diff > 1e-4).sum()),
+        "r2b_batch1_top1_agree": float((one.argmax(1) == logits.argmax(1)).mean()),
+    }
 
 
 def _r2b_side(model, spec, x: torch.Tensor, bits: dict, chunk: int = 64) -> tuple:

@@ -236,9 +236,31 @@ def serialize(
     dedupe: bool = True,
 ) -> bytes:
     """The TFLite flatbuffer of ``graph``; constants with equal bytes, dtype and shape share one
-    buffer when ``dedupe`` (as TensorFlow's converter does)."""
+    buffer when ``dedupe`` (as TensorFlow's converter does).
+
+    A flatbuffer is written back to front, children before the tables that point at them, so
+    the steps run in that order: buffers, tensors, operators, the subgraph, operator codes,
+    metadata, then the model table (the root)."""
     b = flatbuffers.Builder(1 << 20)
-    # buffers: 0 is the empty sentinel; one per distinct constant
+    payloads, tensor_buffer = _tensor_payloads(graph, dedupe)
+    meta = list((metadata or {}).items())
+    meta_buffers = list(range(len(payloads), len(payloads) + len(meta)))
+    payloads += [bytes(raw) for _, raw in meta]
+    buffers = [_write_buffer(b, raw) for raw in payloads]
+    tensors = [_write_tensor(b, t, buf) for t, buf in zip(graph.tensors, tensor_buffer)]
+    codes = _opcode_keys(graph)
+    operators = [_write_operator(b, op, codes) for op in graph.ops]
+    subgraph = _write_subgraph(b, graph, tensors, operators)
+    opcodes = [_write_opcode(b, code, custom_name) for code, custom_name in codes]
+    metas = [_write_metadata(b, name, buf) for (name, _), buf in zip(meta, meta_buffers)]
+    root = _write_model(b, description, opcodes, subgraph, buffers, metas)
+    b.Finish(root, file_identifier=FILE_IDENTIFIER)
+    return bytes(b.Output())
+
+
+def _tensor_payloads(graph: Graph, dedupe: bool) -> tuple[list[bytes], list[int]]:
+    """The buffers' bytes (0: the empty sentinel; one per distinct constant, little-endian) and
+    each tensor's buffer index."""
     payloads: list[bytes] = [b""]
     index_of: dict[tuple, int] = {}
     tensor_buffer = []
@@ -252,51 +274,59 @@ def serialize(
             index_of[key] = len(payloads)
             payloads.append(raw)
         tensor_buffer.append(index_of[key])
-    meta = list((metadata or {}).items())
-    meta_buffers = []
-    for _, raw in meta:
-        meta_buffers.append(len(payloads))
-        payloads.append(bytes(raw))
+    return payloads, tensor_buffer
 
-    buffers = []
-    for raw in payloads:
-        data = _byte_vector(b, raw) if raw else None
-        b.StartObject(3)
-        if data is not None:
-            b.PrependUOffsetTRelativeSlot(0, data, 0)
-        buffers.append(b.EndObject())
 
-    tensors = []
-    for t, buf in zip(graph.tensors, tensor_buffer):
-        name = b.CreateString(t.name)
-        shape = _int_vector(b, t.shape)
-        b.StartObject(8)
-        b.PrependUOffsetTRelativeSlot(0, shape, 0)
-        b.PrependInt8Slot(1, TENSOR_TYPES[t.dtype], 0)
-        b.PrependUint32Slot(2, buf, 0)
-        b.PrependUOffsetTRelativeSlot(3, name, 0)
-        tensors.append(b.EndObject())
+def _write_buffer(b: flatbuffers.Builder, raw: bytes) -> int:
+    """A ``Buffer`` table; the empty sentinel has no data vector."""
+    data = _byte_vector(b, raw) if raw else None
+    b.StartObject(3)
+    if data is not None:
+        b.PrependUOffsetTRelativeSlot(0, data, 0)
+    return b.EndObject()
 
+
+def _write_tensor(b: flatbuffers.Builder, t: Tensor, buf: int) -> int:
+    """A ``Tensor`` table: shape, type, buffer index and name."""
+    name = b.CreateString(t.name)
+    shape = _int_vector(b, t.shape)
+    b.StartObject(8)
+    b.PrependUOffsetTRelativeSlot(0, shape, 0)
+    b.PrependInt8Slot(1, TENSOR_TYPES[t.dtype], 0)
+    b.PrependUint32Slot(2, buf, 0)
+    b.PrependUOffsetTRelativeSlot(3, name, 0)
+    return b.EndObject()
+
+
+def _opcode_keys(graph: Graph) -> list[tuple[int, str | None]]:
+    """The distinct operator codes in order of first use (an operator refers to its index)."""
     codes: list[tuple[int, str | None]] = []
     for op in graph.ops:
         if _opcode_key(op) not in codes:
             codes.append(_opcode_key(op))
-    operators = []
-    for op in graph.ops:
-        inputs, outputs = _int_vector(b, op.inputs), _int_vector(b, op.outputs)
-        opts = _options_table(b, op.options_type, op.options) if op.options_type else None
-        custom = _byte_vector(b, op.custom_options, 4) if op.custom_options else None
-        b.StartObject(7)
-        b.PrependUint32Slot(0, codes.index(_opcode_key(op)), 0)
-        b.PrependUOffsetTRelativeSlot(1, inputs, 0)
-        b.PrependUOffsetTRelativeSlot(2, outputs, 0)
-        if opts is not None:
-            b.PrependUint8Slot(3, OPTIONS[op.options_type], 0)
-            b.PrependUOffsetTRelativeSlot(4, opts, 0)
-        if custom is not None:
-            b.PrependUOffsetTRelativeSlot(5, custom, 0)
-        operators.append(b.EndObject())
+    return codes
 
+
+def _write_operator(b: flatbuffers.Builder, op: Op, codes: list[tuple[int, str | None]]) -> int:
+    """An ``Operator`` table: code index, operands, builtin options or custom options."""
+    inputs, outputs = _int_vector(b, op.inputs), _int_vector(b, op.outputs)
+    opts = _options_table(b, op.options_type, op.options) if op.options_type else None
+    custom = _byte_vector(b, op.custom_options, 4) if op.custom_options else None
+    b.StartObject(7)
+    b.PrependUint32Slot(0, codes.index(_opcode_key(op)), 0)
+    b.PrependUOffsetTRelativeSlot(1, inputs, 0)
+    b.PrependUOffsetTRelativeSlot(2, outputs, 0)
+    if opts is not None:
+        b.PrependUint8Slot(3, OPTIONS[op.options_type], 0)
+        b.PrependUOffsetTRelativeSlot(4, opts, 0)
+    if custom is not None:
+        b.PrependUOffsetTRelativeSlot(5, custom, 0)
+    return b.EndObject()
+
+
+def _write_subgraph(b: flatbuffers.Builder, graph: Graph, tensors: list[int],
+                    operators: list[int]) -> int:  # fmt: skip
+    """The ``SubGraph`` table: tensors, inputs, outputs, operators and name."""
     sg_name = b.CreateString(graph.name)
     sg_tensors, sg_ops = _vector_of_tables(b, tensors), _vector_of_tables(b, operators)
     sg_in, sg_out = _int_vector(b, graph.inputs), _int_vector(b, graph.outputs)
@@ -306,27 +336,33 @@ def serialize(
     b.PrependUOffsetTRelativeSlot(2, sg_out, 0)
     b.PrependUOffsetTRelativeSlot(3, sg_ops, 0)
     b.PrependUOffsetTRelativeSlot(4, sg_name, 0)
-    subgraph = b.EndObject()
+    return b.EndObject()
 
-    opcodes = []
-    for code, custom_name in codes:
-        name = b.CreateString(custom_name) if custom_name else None
-        b.StartObject(4)
-        b.PrependInt8Slot(0, min(code, 127), 0)
-        if name is not None:
-            b.PrependUOffsetTRelativeSlot(1, name, 0)
-        b.PrependInt32Slot(2, 1, 1)
-        b.PrependInt32Slot(3, code, 0)
-        opcodes.append(b.EndObject())
 
-    metas = []
-    for (name, _), buf in zip(meta, meta_buffers):
-        s = b.CreateString(name)
-        b.StartObject(2)
-        b.PrependUOffsetTRelativeSlot(0, s, 0)
-        b.PrependUint32Slot(1, buf, 0)
-        metas.append(b.EndObject())
+def _write_opcode(b: flatbuffers.Builder, code: int, custom_name: str | None) -> int:
+    """An ``OperatorCode`` table (the deprecated byte code capped at 127, as the schema asks)."""
+    name = b.CreateString(custom_name) if custom_name else None
+    b.StartObject(4)
+    b.PrependInt8Slot(0, min(code, 127), 0)
+    if name is not None:
+        b.PrependUOffsetTRelativeSlot(1, name, 0)
+    b.PrependInt32Slot(2, 1, 1)
+    b.PrependInt32Slot(3, code, 0)
+    return b.EndObject()
 
+
+def _write_metadata(b: flatbuffers.Builder, name: str, buf: int) -> int:
+    """A ``Metadata`` table: its name and the buffer holding its bytes."""
+    s = b.CreateString(name)
+    b.StartObject(2)
+    b.PrependUOffsetTRelativeSlot(0, s, 0)
+    b.PrependUint32Slot(1, buf, 0)
+    return b.EndObject()
+
+
+def _write_model(b: flatbuffers.Builder, description: str, opcodes: list[int], subgraph: int,
+                 buffers: list[int], metas: list[int]) -> int:  # fmt: skip
+    """The root ``Model`` table (schema version, codes, the one subgraph, buffers, metadata)."""
     desc = b.CreateString(description)
     v_codes, v_subgraphs = _vector_of_tables(b, opcodes), _vector_of_tables(b, [subgraph])
     v_buffers = _vector_of_tables(b, buffers)
@@ -339,9 +375,7 @@ def serialize(
     b.PrependUOffsetTRelativeSlot(4, v_buffers, 0)
     if v_meta is not None:
         b.PrependUOffsetTRelativeSlot(6, v_meta, 0)
-    root = b.EndObject()
-    b.Finish(root, file_identifier=FILE_IDENTIFIER)
-    return bytes(b.Output())
+    return b.EndObject()
 
 
 def flexbuffer_map(values: dict[str, int]) -> bytes:

@@ -9,7 +9,6 @@ import torch
 from r2b.errors import UserError
 from r2b.models import create_model
 from r2b.train.checkpoint import (
-    atomic_write,
     load_model,
     load_state_into,
     load_training_state,
@@ -140,33 +139,3 @@ def test_state_file_is_also_a_weights_file(tmp_path):
     save_training_state(path, model, opt, {"epoch": 1, "step": 1, "history": []})
     loaded, _ = load_model(path)
     assert loaded.arch == model.arch
-
-
-def test_atomic_write_replaces_whole_files(tmp_path):
-    path = tmp_path / "f.bin"
-    atomic_write(path, b"old")
-    atomic_write(path, b"new contents")
-    assert path.read_bytes() == b"new contents"
-    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
-
-
-def test_a_failed_write_leaves_the_old_file_and_no_tmp(tmp_path, monkeypatch):
-    """A disk that fills up while a checkpoint is written: one-line UserError naming the file,
-    the .tmp removed, the previous file byte for byte as it was."""
-    import errno
-    import os
-
-    path = tmp_path / "last.safetensors"
-    atomic_write(path, b"the previous checkpoint")
-
-    def full(fd):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(UserError) as err:
-        atomic_write(path, b"x" * 1000)
-    msg = str(err.value)
-    assert str(path) in msg and "No space left" in msg and "free disk space" in msg
-    assert "previous last.safetensors is unchanged" in msg and "\n" not in msg
-    assert path.read_bytes() == b"the previous checkpoint"
-    assert [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]

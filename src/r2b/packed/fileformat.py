@@ -57,7 +57,7 @@ class PackedFileError(UserError):
 def save(model: torch.nn.Module, path: str | Path) -> int:
     """Write a ``PackedResNet`` (or a fully binary float model, packed first) to ``path``,
     through a temporary file and a rename; returns the file size in bytes."""
-    from r2b.train.checkpoint import atomic_write
+    from r2b.io import atomic_write
 
     data = to_bytes(model)
     atomic_write(path, data)

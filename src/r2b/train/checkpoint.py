@@ -12,15 +12,14 @@ Two kinds of file (docs/design.md "On disk"):
 - **training state** (``state.safetensors``): self-contained, so resuming reads one file that
   was renamed into place in one step. Tensors: ``model.<key>`` (weights), ``optim.<i>.<key>``
   (tensor entries of the optimiser's per-parameter state), ``rng.torch`` / ``rng.cuda.<d>`` /
-  ``rng.numpy`` (generator states). Metadata ``state`` (JSON): epoch, optimiser step, best
-  accuracy, per-epoch history, the optimiser's ``param_groups`` and non-tensor per-parameter
-  entries, Python's and numpy's scalar RNG state. Optional ``extra.<name>`` tensors hold what a
+  ``rng.numpy`` (generator states). Metadata ``state`` (JSON): ``progress`` (epoch, optimiser
+  step, best accuracy, per-epoch history: ``r2b.train.progress.StageProgress``), the optimiser's
+  ``param_groups`` and non-tensor per-parameter entries, Python's and numpy's scalar RNG state. Optional ``extra.<name>`` tensors hold what a
   stage stopped in the middle of an epoch needs to continue it (``r2b.train.loop``).
 
-Every write goes to ``<name>.tmp`` in the same folder, is flushed to disk, then ``os.replace``-d
-over the target, so a killed process leaves either the old file or the new one, never half. A
-write that fails (disk full, file-size limit, read-only folder) removes its ``.tmp`` and raises a
-``UserError`` naming the file; the file it was to replace is left as it was.
+Every file is written atomically (``r2b.io.atomic_write``: a temporary file renamed into place,
+so a killed process leaves the old file or the new one, never half; a failed write is a
+``UserError`` naming the file, and the file it was to replace is left as it was).
 
 Files are checked before use: a file that cannot be read, is not safetensors, or whose JSON
 records miss keys or hold the wrong types is a ``UserError`` that says which, never a traceback.
@@ -28,10 +27,7 @@ records miss keys or hold the wrong types is a ``UserError`` that says which, ne
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -43,6 +39,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from r2b.errors import UserError
+from r2b.io import atomic_write
 
 WEIGHTS_FORMAT = "r2b.weights"
 STATE_FORMAT = "r2b.state"
@@ -50,42 +47,6 @@ VERSION = "1"
 
 
 # --------------------------------------------------------------------------- files
-
-
-def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (never a half file).
-
-    On failure (``OSError``: no space, file too large, permission) the temporary file is removed
-    and a ``UserError`` names the file and the reason; an older ``path`` stays untouched.
-    """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        kept = f"; the previous {path.name} is unchanged" if path.is_file() else ""
-        raise UserError(
-            f"cannot write {path} ({err.strerror or err}); {_write_advice(err)}{kept}"
-        ) from None
-
-
-def _write_advice(err: OSError) -> str:
-    """What to do about a failed write, by its errno."""
-    if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-        return "free disk space (or raise the file-size limit) or write to another folder"
-    if err.errno == errno.EISDIR:
-        return "that is a folder: give a file name, or another output path"
-    if err.errno in (errno.ENOTDIR, errno.ENOENT):
-        return "a part of the path is not an existing folder: choose another output path"
-    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return "the folder is not writable: choose another output path"
-    return "check the output folder, or choose another one"
 
 
 def _cpu_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from r2b.io import atomic_write
 from r2b.layers import BinaryConv2d
-from r2b.train.checkpoint import atomic_write
 
 COLUMNS = (
     "epoch", "step", "lr", "loss", "ce", "kd", "att", "train_top1",

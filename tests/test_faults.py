@@ -30,8 +30,9 @@ from safetensors.torch import load_file
 
 from r2b.cli import main
 from r2b.train.config import build_config
-from r2b.train.lock import LOCK_FILE, RunLock
+from r2b.train.lock import RunLock
 from r2b.train.pipeline import run_pipeline
+from r2b.train.run_folder import LOCK_FILE
 
 ONE_STAGE = {
     "name": "faults",

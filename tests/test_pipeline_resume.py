@@ -19,7 +19,7 @@ import yaml
 from safetensors.torch import load_file
 
 from r2b.cli import main
-from r2b.train.lock import LOCK_FILE
+from r2b.train.run_folder import LOCK_FILE
 
 TINY = {
     "name": "resume",
@@ -277,3 +277,88 @@ def test_sigterm_under_torchrun_stops_both_ranks_at_one_batch_and_resumes_identi
     a = load_file(str(ref / "a" / "last.safetensors"))
     b = load_file(str(out / "a" / "last.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------------- older run folders
+
+OLD_FORMAT = {  # test_pipeline.py's smallest run: 50 images, 2 steps an epoch
+    **TINY,
+    "name": "old",
+    "data": {"name": "default", "train_limit": 50, "test_limit": 20, "eval_batch_size": 20},
+    "stage_defaults": {"model": {"stem": "cifar", "width": 0.0625}, "batch_size": 20,
+                       "augment": {"ops": ["flip"], "mixup": 0.2}},
+    "stages": [
+        {"name": "a", "model": {"name": "resnet18"}, "epochs": 1},
+        {"name": "b", "model": {"name": "r2b_resnet18", "stage": "ban"}, "teacher": "a",
+         "epochs": 2, "loss": {"kd": 1.0}},
+    ],
+}  # fmt: skip
+#: the progress keys of a state file and the result keys of a result.json written before the
+#: validation split and the stop signals (commit 7a1f783)
+OLD_PROGRESS_KEYS = ("epoch", "step", "best_top1", "best_top5", "best_epoch", "time_s", "history")
+OLD_RESULT_KEYS = ("name", "model", "variant", "teacher", "init_from", "epochs", "top1", "top5",
+                   "best_top1", "best_top5", "best_epoch", "seconds", "dir")  # fmt: skip
+
+
+class AfterFirstEpoch(Exception):
+    """Ends a run in-process once stage b has saved its first epoch (as a kill would)."""
+
+
+def end_after_b_epoch_1(line: str) -> None:
+    if line.startswith("[b] epoch 1/2"):
+        raise AfterFirstEpoch
+
+
+def write_the_old_way(run: Path) -> None:
+    """Rewrite the finished stage's result.json and the unfinished one's state file with the
+    records older versions wrote (fewer keys; tensors and the rest of the record as they are)."""
+    from safetensors.torch import save_file
+
+    result = json.loads((run / "a" / "result.json").read_text())
+    old_result = {k: result[k] for k in OLD_RESULT_KEYS}
+    (run / "a" / "result.json").write_text(json.dumps(old_result, indent=2) + "\n")
+    state = run / "b" / "state.safetensors"
+    with safetensors.safe_open(str(state), "pt") as f:
+        metadata = f.metadata()
+    record = json.loads(metadata["state"])
+    record["progress"] = {k: record["progress"][k] for k in OLD_PROGRESS_KEYS}
+    save_file(load_file(str(state)), str(state), metadata={**metadata, "state": json.dumps(record)})
+
+
+def test_a_run_folder_of_the_old_format_resumes_as_the_current_one(tmp_path):
+    """A run stopped after stage b's first epoch, copied twice: one copy's records rewritten as
+    older versions wrote them. Both resume, and end with the same weights, metrics and results."""
+    import shutil
+
+    from r2b.train.config import build_config
+    from r2b.train.pipeline import run_pipeline
+
+    cfg = build_config(OLD_FORMAT)
+    stopped = tmp_path / "stopped"
+    with pytest.raises(AfterFirstEpoch):
+        run_pipeline(cfg, stopped, log=end_after_b_epoch_1)
+    assert (stopped / "a" / "result.json").is_file()
+    assert (stopped / "b" / "state.safetensors").is_file()
+    assert not (stopped / "b" / "result.json").exists()
+    current, old = tmp_path / "current", tmp_path / "old"
+    shutil.copytree(stopped, current)
+    shutil.copytree(stopped, old)
+    write_the_old_way(old)
+    outcomes = []
+    for run in (current, old):
+        lines = []
+        results = run_pipeline(cfg, run, resume=True, log=lines.append)
+        assert "[a] finished earlier, skipped" in lines and "[b] resuming" in lines[2]
+        outcomes.append(results)
+    a, b = (load_file(str(run / "b" / "last.safetensors")) for run in (current, old))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [(run / "b" / "metrics.csv").read_text().splitlines() for run in (current, old)]
+    assert [r.rsplit(",", 1)[0] for r in rows[0]] == [r.rsplit(",", 1)[0] for r in rows[1]]
+    untimed = [[{k: v for k, v in s.items() if k != "seconds"} for s in r["stages"]]
+               for r in outcomes]  # fmt: skip
+    assert untimed[0] == untimed[1]
+    assert outcomes[1]["stages"][0]["selected_on"] == "test"  # the old result's default
+    with safetensors.safe_open(str(old / "b" / "state.safetensors"), "pt") as f:
+        progress = json.loads(f.metadata()["state"])["progress"]
+    assert progress["best_score"] == progress["best_top1"] and progress["selected_on"] == "test"

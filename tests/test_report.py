@@ -78,6 +78,35 @@ def test_results_table_has_a_validation_column_when_stages_were_chosen_on_one():
     assert "val top-1" not in results_table({"stages": STAGES})
 
 
+TEXT_STAGES = [
+    {"name": "teacher", "model": "resnet18", "variant": "real", "epochs": 3, "top1": 71.5,
+     "top5": 97.25, "best_top1": 72.0, "best_val_top1": None, "seconds": 42.4},
+    {"name": "a_very_long_stage", "model": "reactnet_resnet18_x", "variant": "bnn", "epochs": 12,
+     "top1": None, "top5": None, "best_top1": -1.0, "seconds": 1234567.8},
+]  # fmt: skip
+
+
+def test_the_plain_text_table_r2b_train_prints_is_unchanged():
+    """The table at the end of ``r2b train``, character for character as the pipeline printed it
+    before the report owned it (a cell wider than its column widens only its own row)."""
+    text = results_table({"stages": TEXT_STAGES}, markdown=False)
+    assert text == (
+        "stage      model          step  epochs   top-1   top-5 best top-1    time\n"
+        + "-" * 73 + "\n"
+        "teacher    resnet18       real       3   71.50   97.25      72.00     42s\n"
+        "a_very_long_stage reactnet_resnet18_x bnn       12       -       -      -1.00 1234568s"
+    )
+    stages = [dict(TEXT_STAGES[0], best_val_top1=70.125), TEXT_STAGES[1]]
+    assert results_table({"stages": stages}, markdown=False) == (
+        "stage      model          step  epochs   top-1   top-5 best top-1 val top-1    time\n"
+        + "-" * 83 + "\n"
+        "teacher    resnet18       real       3   71.50   97.25      72.00     70.12     42s\n"
+        "a_very_long_stage reactnet_resnet18_x bnn       12       -       -      -1.00         - "
+        "1234568s\n"
+        "best top-1: test top-1 of the epoch of best validation top-1"
+    )
+
+
 def test_plot_curves_writes_a_png_with_both_panels(tmp_path):
     paths = {
         "teacher": _write_metrics(tmp_path / "teacher" / "metrics.csv", 4, 20.0),

@@ -1,6 +1,6 @@
 """Reports of a training run: a Markdown results table and PNG plots (headless, Agg).
 
-Inputs, as the training pipeline writes them into a run directory::
+Inputs, as the training pipeline writes them into a run directory (``r2b.train.run_folder``)::
 
     RUN/results.json            {"stages": [STAGE, ...], optional "title", "dataset", "device"}
     RUN/<stage name>/metrics.csv one row per epoch (the row of epoch 0 may hold only the test
@@ -21,17 +21,22 @@ others (``step, ce, kd, att, test_top5, lr, flip_ratio``, ...) are ignored by th
 
 - ``results_table(results) -> str``: one row per stage: stage, model, variant, teacher, epochs,
   best top-1 (with its epoch), top-5 (at the best epoch when ``best_top5`` is given, else after
-  the last epoch), final top-1, training time.
+  the last epoch), final top-1, training time. ``results_table(results, markdown=False)``: the
+  plain-text table ``r2b train`` prints at its end (stage, model, step, epochs, final top-1 and
+  top-5, best top-1, time). Both get a "val top-1" column after "best top-1" when any stage has
+  ``best_val_top1``.
 - ``plot_curves({stage: metrics.csv}, out_png)``: training loss and test top-1 against epochs,
   stages laid end to end on one epoch axis (dotted lines mark where a stage starts).
 - ``plot_attention(teacher, student, images, out_png)``: for a few images, the input and the
   teacher's and student's attention maps ``Q = sum_c |A_c|^2`` (``r2b.losses.attention_map``) at
   some of the 8 transfer points, side by side; each map scaled to [0, 1] for display.
+  ``plot_stage_attention(run_dir, stage, teacher, test_set, n)``: the trainer's figure
+  ``attention_<stage>.png`` of a stage's best weights against its teacher on ``n`` test images.
 - ``write_report(run_dir)``: writes ``curves.png`` and ``report.md`` (table, plots, links to every
-  PNG in the run folder, e.g. ``attention.png`` made by the trainer with ``plot_attention``).
+  PNG in the run folder, e.g. the ``attention_<stage>.png`` figures).
 
 Figures use ``matplotlib.figure.Figure`` directly (the Agg canvas, no pyplot state, no display).
-Files are written atomically (``r2b.train.checkpoint.atomic_write``): a full disk leaves the old
+Files are written atomically (``r2b.io.atomic_write``): a full disk leaves the old
 report and a one-line error, never half a PNG.
 """
 
@@ -41,27 +46,36 @@ import csv
 import io
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from r2b.data import build_augment, first_of_each_class
 from r2b.errors import UserError
+from r2b.io import atomic_write
 from r2b.losses import attention_map
-from r2b.train.checkpoint import atomic_write
+from r2b.train.checkpoint import load_model
+from r2b.train.run_folder import RunFolder
 
-TABLE_COLUMNS = (
-    "stage", "model", "variant", "teacher", "epochs", "best top-1", "top-5", "final top-1", "time",
-)  # fmt: skip
-VAL_COLUMN = "val top-1"  # after "best top-1" when any stage has best_val_top1
 DEFAULT_POINTS = (1, 3, 5, 7)  # last block of each of the 4 ResNet stages
-CURVES_PNG = "curves.png"
-REPORT_MD = "report.md"
 
 
 # --------------------------------------------------------------------------- table
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of the results table: its header, its cell of a stage record, and (plain text)
+    its width and alignment; Markdown columns are as wide as their widest cell."""
+
+    header: str
+    cell: Callable[[Mapping], str]
+    width: int = 0
+    left: bool = False  # text columns are left-aligned, numbers right-aligned
 
 
 def _num(value, digits: int = 2) -> str:
@@ -80,52 +94,86 @@ def _duration(seconds) -> str:
     return f"{seconds / 3600:.2f} h"
 
 
-def _row(stage: Mapping, val: bool) -> list[str]:
+def _text(key: str) -> Callable[[Mapping], str]:
+    return lambda stage: str(stage.get(key) or "-")
+
+
+def _best_with_epoch(stage: Mapping) -> str:
     best = _num(stage.get("best_top1"))
     if best != "-" and stage.get("best_epoch") is not None:
         best = f"{best} (ep {stage['best_epoch']})"
-    top5 = stage.get("best_top5", stage.get("top5"))
-    return [
-        str(stage.get("name", "-")),
-        str(stage.get("model") or "-"),
-        str(stage.get("variant") or "-"),
-        str(stage.get("teacher") or "-"),
-        str(stage.get("epochs", "-")),
-        best,
-        *([_num(stage.get("best_val_top1"))] if val else []),
-        _num(top5),
-        _num(stage.get("top1")),
-        _duration(stage.get("seconds")),
-    ]
+    return best
+
+
+VAL_COLUMN = "val top-1"  # after "best top-1" when any stage has best_val_top1
+_VAL = Column(VAL_COLUMN, lambda s: _num(s.get("best_val_top1")), width=9)
+MARKDOWN_COLUMNS = (
+    Column("stage", lambda s: str(s.get("name", "-")), left=True),
+    Column("model", _text("model"), left=True),
+    Column("variant", _text("variant"), left=True),
+    Column("teacher", _text("teacher"), left=True),
+    Column("epochs", lambda s: str(s.get("epochs", "-"))),
+    Column("best top-1", _best_with_epoch),
+    _VAL,
+    Column("top-5", lambda s: _num(s.get("best_top5", s.get("top5")))),
+    Column("final top-1", lambda s: _num(s.get("top1"))),
+    Column("time", lambda s: _duration(s.get("seconds"))),
+)
+#: the plain-text table ``r2b train`` prints at the end
+TEXT_COLUMNS = (
+    Column("stage", lambda s: str(s["name"]), width=10, left=True),
+    Column("model", lambda s: str(s["model"]), width=14, left=True),
+    Column("step", lambda s: str(s["variant"]), width=5, left=True),
+    Column("epochs", lambda s: str(s["epochs"]), width=6),
+    Column("top-1", lambda s: _num(s.get("top1")), width=7),
+    Column("top-5", lambda s: _num(s.get("top5")), width=7),
+    Column("best top-1", lambda s: _num(s.get("best_top1")), width=10),
+    _VAL,
+    Column("time", lambda s: f"{s['seconds']:.0f}s", width=7),
+)
+TABLE_COLUMNS = tuple(c.header for c in MARKDOWN_COLUMNS if c is not _VAL)
+TEXT_VAL_NOTE = "best top-1: test top-1 of the epoch of best validation top-1"
 
 
 def _has_validation(stages: Sequence[Mapping]) -> bool:
     return any(s.get("best_val_top1") is not None for s in stages)
 
 
-def results_table(results: Mapping) -> str:
-    """Markdown table of ``results["stages"]`` (see the module docstring), columns aligned."""
+def results_table(results: Mapping, markdown: bool = True) -> str:
+    """The table of ``results["stages"]`` (see the module docstring): Markdown with aligned
+    columns (``MARKDOWN_COLUMNS``), or the plain text ``r2b train`` prints (``TEXT_COLUMNS``).
+    The "val top-1" column is there when any stage has a validation top-1."""
     stages = results.get("stages")
     if not isinstance(stages, list):
         raise ValueError('results must hold a list under "stages"')
     val = _has_validation(stages)
-    header = list(TABLE_COLUMNS)
-    if val:
-        header.insert(header.index("best top-1") + 1, VAL_COLUMN)
-    rows = [header] + [_row(s, val) for s in stages]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    numeric = set(range(4, len(header)))
+    columns = [c for c in (MARKDOWN_COLUMNS if markdown else TEXT_COLUMNS) if val or c is not _VAL]
+    rows = [[c.header for c in columns]] + [[c.cell(s) for c in columns] for s in stages]
+    if markdown:
+        return _markdown_table(columns, rows)
+    return _text_table(columns, rows) + (f"\n{TEXT_VAL_NOTE}" if val else "")
+
+
+def _markdown_table(columns: Sequence[Column], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
 
     def line(cells: list[str]) -> str:
-        padded = [
-            c.rjust(w) if i in numeric else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths))
-        ]
+        cols = zip(cells, widths, columns)
+        padded = [c.ljust(w) if col.left else c.rjust(w) for c, w, col in cols]
         return "| " + " | ".join(padded) + " |"
 
-    rule = [("-" * (w + 1) + ":") if i in numeric else "-" * (w + 2) for i, w in enumerate(widths)]
+    rule = ["-" * (w + 2) if col.left else ("-" * (w + 1) + ":") for w, col in zip(widths, columns)]
     rule = "|" + "|".join(rule) + "|"
     return "\n".join([line(rows[0]), rule] + [line(r) for r in rows[1:]])
+
+
+def _text_table(columns: Sequence[Column], rows: list[list[str]]) -> str:
+    """Cells padded to their column's width (a longer cell widens only its own row)."""
+    lines = [
+        " ".join(format(c, f"{'<' if col.left else '>'}{col.width}") for c, col in zip(r, columns))
+        for r in rows
+    ]
+    return "\n".join([lines[0], "-" * len(lines[0])] + lines[1:])
 
 
 # --------------------------------------------------------------------------- curves
@@ -282,12 +330,29 @@ def plot_attention(
     return _save(fig, out_png)
 
 
+def plot_stage_attention(
+    run_dir: str | Path, stage: str, teacher: nn.Module, test_set, n_images: int,
+    image_size: int | None = None, device: str | torch.device = "cpu",
+) -> Path:  # fmt: skip
+    """``attention_<stage>.png``: teacher-vs-student attention maps of the stage's best weights
+    on the first image of each of the first ``n_images`` classes of ``test_set``."""
+    folder = RunFolder(run_dir)
+    student, _ = load_model(folder.stage(stage).best, device)
+    images, labels = first_of_each_class(test_set, n_images)
+    x = build_augment(test_set, train=False, image_size=image_size)(images.to(device))
+    names = [test_set.classes[int(k)] for k in labels]
+    out = folder.attention(stage)
+    return plot_attention(
+        teacher, student, x, out, mean=test_set.mean, std=test_set.std, titles=names
+    )
+
+
 # --------------------------------------------------------------------------- report.md
 
 
 def load_results(run_dir: str | Path) -> dict:
     """``run_dir/results.json`` as a dict; ``UserError`` when missing or unreadable."""
-    path = Path(run_dir) / "results.json"
+    path = RunFolder(run_dir).results
     if not path.is_file():
         raise UserError(f"{path} not found; give the folder of a finished training run")
     try:
@@ -304,19 +369,23 @@ def load_results(run_dir: str | Path) -> dict:
 
 def stage_metrics(run_dir: str | Path, results: Mapping) -> dict[str, Path]:
     """{stage name: metrics.csv path} for the stages whose metrics file exists."""
-    run_dir = Path(run_dir)
+    folder = RunFolder(run_dir)
     found = {}
     for stage in results["stages"]:
         name = str(stage.get("name"))
-        rel = stage.get("metrics") or f"{stage.get('dir') or name}/metrics.csv"
-        if (run_dir / rel).is_file():
-            found[name] = run_dir / rel
+        if stage.get("metrics"):
+            path = folder.root / stage["metrics"]
+        else:
+            path = folder.stage(stage.get("dir") or name).metrics
+        if path.is_file():
+            found[name] = path
     return found
 
 
 def write_report(run_dir: str | Path) -> Path:
     """Write ``curves.png`` and ``report.md`` into ``run_dir``; returns the report's path."""
-    run_dir = Path(run_dir)
+    folder = RunFolder(run_dir)
+    run_dir, curves = folder.root, folder.curves.name
     results = load_results(run_dir)
     metrics = stage_metrics(run_dir, results)
     lines = [f"# {results.get('title') or 'r2b training report'}", ""]
@@ -336,16 +405,16 @@ def write_report(run_dir: str | Path) -> Path:
         )
     lines += ["## Results", "", results_table(results), "", note, ""]
     if metrics:
-        plot_curves(metrics, run_dir / CURVES_PNG)
-        lines += ["## Training curves", "", f"![training curves]({CURVES_PNG})", ""]
-    others = sorted(p.name for p in run_dir.glob("*.png") if p.name != CURVES_PNG)
+        plot_curves(metrics, folder.curves)
+        lines += ["## Training curves", "", f"![training curves]({curves})", ""]
+    others = [p.name for p in folder.figures() if p.name != curves]
     if others:
         lines += ["## Figures", ""]
         lines += [f"![{Path(name).stem}]({name})" for name in others] + [""]
-    links = [f"[{p}]({p})" for p in ("config.yaml", "results.json") if (run_dir / p).is_file()]
+    links = [f"[{p.name}]({p.name})" for p in (folder.config, folder.results) if p.is_file()]
     links += [f"[{n} metrics]({p.relative_to(run_dir).as_posix()})" for n, p in metrics.items()]
     if links:
         lines += ["## Files", "", ", ".join(links), ""]
-    out = run_dir / REPORT_MD
+    out = folder.report
     atomic_write(out, "\n".join(lines).encode())
     return out

@@ -30,7 +30,11 @@ API (details in each module):
   **options)``, ``DEFAULT_AUGMENT``, ``mixup(x, y, alpha, num_classes, generator=None)``,
   ``mixup_params``, ``color_jitter`` (``r2b.data.augment``).
 - ``limit(dataset, n)`` (class-balanced subset), ``validation_split(dataset, fraction, seed)``
-  -> ``(train, val)`` (class-balanced, fixed by the seed), ``take`` (``r2b.data.splits``).
+  -> ``(train, val)`` (class-balanced, fixed by the seed), ``take``, ``first_of_each_class``
+  (``r2b.data.splits``).
+- ``load_data(data_config, seed)`` -> ``RunSplits(train, val, test)``: the splits a training run
+  sees (limited, validation carved out); ``load_split(data_config, "train"|"val"|"test", seed)``,
+  ``load_test`` (``r2b.data.run_splits``).
 - Normalisation constants ``CIFAR_MEAN``, ``CIFAR_STD``, ``CIFAR100_MEAN``, ``CIFAR100_STD``,
   ``IMAGENET_MEAN``, ``IMAGENET_STD``, ``MEAN_STD`` (``r2b.data.stats``).
 """
@@ -48,7 +52,8 @@ from r2b.data.datasets import DATASETS, build_dataset, num_classes
 from r2b.data.folder import FolderStream
 from r2b.data.loader import EpochLoader, EpochSampler, build_loader, epoch_order
 from r2b.data.memory import InMemoryImageDataset
-from r2b.data.splits import limit, take, validation_split
+from r2b.data.run_splits import RunSplits, load_data, load_split, load_test
+from r2b.data.splits import first_of_each_class, limit, take, validation_split
 from r2b.data.stats import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -79,12 +84,17 @@ __all__ = [
     "EpochSampler",
     "FolderStream",
     "InMemoryImageDataset",
+    "RunSplits",
     "build_augment",
     "build_dataset",
     "build_loader",
     "color_jitter",
     "epoch_order",
+    "first_of_each_class",
     "limit",
+    "load_data",
+    "load_split",
+    "load_test",
     "mixup",
     "mixup_params",
     "num_classes",

@@ -9,6 +9,8 @@
   ``train`` the rest; both keep the dataset's order. So the split is class-balanced (every class
   gives the same fraction), disjoint, and fixed by the seed: a resumed run, ``r2b eval --split
   val`` and every stage of a pipeline see the same images.
+- ``first_of_each_class(ds, n)``: ``n`` images and labels, the first image of each of the first
+  ``n`` classes (a few examples to check a transform on, or to plot).
 
 Both work on in-memory datasets (the images are indexed) and on streamed folders (the file list is
 indexed); a validation subset of a streamed training folder uses the evaluation crop, not random
@@ -97,3 +99,26 @@ def validation_split(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, 
     keep = torch.ones(len(ds), dtype=torch.bool)
     keep[val_idx] = False
     return take(ds, keep.nonzero().flatten(), "train"), take(ds, val_idx, "val")
+
+
+def first_of_each_class(ds: Dataset, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` images (uint8 batch) and labels of a dataset: the first image of each of the first
+    ``n`` classes in the order they appear (test splits are often sorted by class)."""
+    targets = torch.as_tensor(ds.targets).cpu()
+    picked, seen = [], set()
+    for i, t in enumerate(targets.tolist()):
+        if t not in seen:
+            seen.add(t)
+            picked.append(i)
+            if len(picked) == n:
+                break
+    chosen = set(picked)
+    for i in range(len(ds)):  # fewer classes than n: fill up with further images
+        if len(picked) >= min(n, len(ds)):
+            break
+        if i not in chosen:
+            picked.append(i)
+    if getattr(ds, "in_memory", False):
+        return ds[torch.tensor(picked)]
+    items = [ds[i] for i in picked]
+    return torch.stack([im for im, _ in items]), torch.tensor([y for _, y in items])

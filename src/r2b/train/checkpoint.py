@@ -14,8 +14,9 @@ Two kinds of file (docs/design.md "On disk"):
   (tensor entries of the optimiser's per-parameter state), ``rng.torch`` / ``rng.cuda.<d>`` /
   ``rng.numpy`` (generator states). Metadata ``state`` (JSON): ``progress`` (epoch, optimiser
   step, best accuracy, per-epoch history: ``r2b.train.progress.StageProgress``), the optimiser's
-  ``param_groups`` and non-tensor per-parameter entries, Python's and numpy's scalar RNG state. Optional ``extra.<name>`` tensors hold what a
-  stage stopped in the middle of an epoch needs to continue it (``r2b.train.loop``).
+  ``param_groups`` and non-tensor per-parameter entries, Python's and numpy's scalar RNG state.
+  Optional ``extra.<name>`` tensors hold what a stage stopped in the middle of an epoch needs to
+  continue it (``r2b.train.loop``).
 
 Every file is written atomically (``r2b.io.atomic_write``: a temporary file renamed into place,
 so a killed process leaves the old file or the new one, never half; a failed write is a

@@ -79,13 +79,13 @@ def default_run_dir(name: str) -> Path:
 def resolve_config(args: argparse.Namespace):
     """The run's config from --config / the saved config (on --resume) / the quick recipe."""
     from r2b.train.config import load_config
-    from r2b.train.pipeline import CONFIG_FILE
     from r2b.train.recipes import quick_config
+    from r2b.train.run_folder import RunFolder
 
     if args.config:
         return load_config(args.config, args.overrides)
     if args.resume:
-        saved = Path(args.out) / CONFIG_FILE
+        saved = RunFolder(args.out).config
         if saved.is_file():
             return load_config(saved, args.overrides)
     return quick_config(args.overrides)
@@ -162,9 +162,8 @@ def _eval_data(args: argparse.Namespace, info: dict):
     """(dataset, data record) that ``r2b eval`` measures: the run's split, or ``--data``."""
     from dataclasses import fields
 
-    from r2b.data import DATASETS, limit
+    from r2b.data import DATASETS, limit, load_split
     from r2b.train.config import DataConfig, _from_mapping
-    from r2b.train.pipeline import load_split
 
     data = info.get("data") or {}
     if not isinstance(data, dict):

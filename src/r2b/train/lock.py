@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 
 from r2b.errors import UserError
-
-LOCK_FILE = "train.lock"
+from r2b.train.run_folder import RunFolder
 
 
 def _holder(path: Path) -> dict | None:
@@ -62,8 +61,9 @@ def holder_alive(record: dict) -> bool:
 def _in_use(run_dir: Path, record: dict) -> UserError:
     where = f"process {record.get('pid')} on {record.get('host')}"
     since = f" since {record['started']}" if record.get("started") else ""
+    lock = RunFolder(run_dir).lock
     return UserError(
-        f"run folder {run_dir} is in use by {where}{since} (lock file {run_dir / LOCK_FILE}); "
+        f"run folder {run_dir} is in use by {where}{since} (lock file {lock}); "
         "wait for that run to end or stop it (SIGTERM saves its state), or delete the lock "
         "file if no such run exists"
     )
@@ -71,7 +71,7 @@ def _in_use(run_dir: Path, record: dict) -> UserError:
 
 def check_unlocked(run_dir: Path) -> None:
     """Raise ``UserError`` when a live process holds ``run_dir``'s lock (a stale lock is fine)."""
-    record = _holder(run_dir / LOCK_FILE)
+    record = _holder(RunFolder(run_dir).lock)
     if record is not None and holder_alive(record):
         raise _in_use(run_dir, record)
 
@@ -80,7 +80,7 @@ class RunLock:
     """The lock of one run folder, held by this process from ``acquire`` to ``release``."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / LOCK_FILE
+        self.path = RunFolder(run_dir).lock
         self.record = {
             "pid": os.getpid(),
             "host": socket.gethostname(),

@@ -1,4 +1,10 @@
-"""The training loop of one stage, on Lightning Fabric (the one long function, design habit 7).
+"""The training loop of one stage, on Lightning Fabric.
+
+``train_stage`` runs a ``StageTraining``: set up (loader, augmentation, model and optimiser under
+Fabric, objective, saved progress), then per epoch start a pass over the batches (or continue a
+stopped one), train its steps, end it (sums over processes, evaluation, flip ratio), record the
+epoch's row and save. The progress is a ``StageProgress`` (``r2b.train.progress``); the loss
+sums of a pass are ``RunningSums``.
 
 Per optimiser step ``s``: take a uint8 batch, augment and normalise it on the device
 (``r2b.data.BatchAugment``), optionally mix it up, set ``lr = lr_0 * factor(s)``
@@ -21,7 +27,7 @@ so a run killed at any point and resumed from its last state reaches the same we
 uninterrupted run (bit for bit on CPU). A state saved in the middle of an epoch (after a stop
 signal) also holds, per process, the epoch's augmentation and mix-up generator states, its
 partial loss sums and the binary-weight signs at the epoch's start (``extra.*`` tensors) and the
-number of batches done (``progress["in_epoch"]``); the epoch then continues at the next batch,
+number of batches done (``StageProgress.in_epoch``); the epoch then continues at the next batch,
 so a stopped and resumed run also ends with the same weights and metrics as an uninterrupted one.
 """
 
@@ -30,8 +36,9 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from lightning_fabric import Fabric
@@ -53,11 +60,9 @@ from r2b.train.metrics import (
     topk_correct,
     weight_signs,
 )
+from r2b.train.progress import StageProgress, StoppedEpoch
+from r2b.train.run_folder import StageFolder
 from r2b.train.schedule import lr_factor, set_lr
-
-STATE_FILE = "state.safetensors"
-BEST_FILE = "best.safetensors"
-LAST_FILE = "last.safetensors"
 
 
 @dataclass
@@ -69,7 +74,7 @@ class StageJob:
     seed: int
     data: DataConfig
     runtime: RuntimeConfig
-    stage_dir: Path
+    folder: StageFolder  # RUN/<stage>/
     train_set: object
     test_set: object
     num_classes: int
@@ -116,13 +121,49 @@ def check_batch_fits(stage: StageConfig, n_images: int, world_size: int = 1) -> 
         )
 
 
-def _new_progress(selected_on: str) -> dict:
-    """Progress of a stage that has not started. ``best_score`` is the selection top-1
-    (validation or test, ``selected_on``); ``best_top1``/``best_top5`` are the test accuracies
-    of that epoch."""
-    return {"epoch": 0, "step": 0, "best_top1": -1.0, "best_top5": 0.0, "best_epoch": 0,
-            "best_score": -1.0, "best_val_top1": None, "selected_on": selected_on,
-            "time_s": 0.0, "history": []}  # fmt: skip
+@dataclass
+class RunningSums:
+    """Sums over the batches of an epoch on one process: the samples, the loss and its ce, kd
+    and att terms (each a batch mean times the batch's samples) and the top-1 hits. Divided by
+    the samples they are the epoch's means (``means``); summed over processes (``summed``),
+    those of the whole epoch. Saved in a mid-epoch state as one float64 tensor (``values``,
+    entries in ``FIELDS`` order)."""
+
+    FIELDS: ClassVar[tuple[str, ...]] = ("n", "loss", "ce", "kd", "att", "correct")
+    values: torch.Tensor
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> RunningSums:
+        return cls(torch.zeros(len(cls.FIELDS), dtype=torch.float64, device=device))
+
+    def add(self, n: int, terms: list[torch.Tensor], correct: torch.Tensor) -> None:
+        """Add a batch of ``n`` samples: its loss ``terms`` (loss, ce, kd, att) and hits."""
+        self.values += torch.stack(
+            [torch.tensor(n, device=self.values.device).double()]
+            + [t.double() * n for t in terms]
+            + [correct.double()]
+        )
+
+    def summed(self, fabric: Fabric) -> RunningSums:
+        return RunningSums(fabric.all_reduce(self.values, reduce_op="sum"))
+
+    def means(self) -> dict[str, float]:
+        """The epoch's columns of ``metrics.csv``: mean loss terms and training top-1 (%)."""
+        n, loss, ce, kd, att, correct = self.values.tolist()
+        return {"loss": loss / n, "ce": ce / n, "kd": kd / n, "att": att / n,
+                "train_top1": 100.0 * correct / n}  # fmt: skip
+
+
+@dataclass
+class EpochPass:
+    """One pass over an epoch's batches: where it starts (``first``: batches a stopped pass
+    did already), when it started, its mix-up generator and its running sums."""
+
+    epoch: int  # 0-based
+    started: float  # time.perf_counter() at the start (earlier for a continued pass)
+    mix_gen: torch.Generator
+    sums: RunningSums
+    first: int = 0
 
 
 def _progress_bar(job: StageJob, fabric: Fabric, epoch: int, total: int):
@@ -142,227 +183,307 @@ def _gather(fabric: Fabric, t: torch.Tensor) -> torch.Tensor:
     return fabric.all_reduce(slots, reduce_op="sum").cpu()
 
 
-def train_stage(fabric: Fabric, job: StageJob, model: nn.Module, teacher: nn.Module | None) -> dict:
+def train_stage(
+    fabric: Fabric, job: StageJob, model: nn.Module, teacher: nn.Module | None
+) -> StageProgress:
     """Train ``model`` for the stage's epochs (resuming from ``state.safetensors`` if present).
 
-    Returns the stage's progress record (history of per-epoch rows, best epoch and accuracy).
+    Returns the stage's progress (history of per-epoch rows, best epoch and accuracy).
     Raises ``TrainingDiverged`` at a non-finite loss and ``RunStopped`` after a stop signal
     (``job.stop``), having saved the state to continue from.
     """
-    stage, rank, world = job.stage, fabric.global_rank, fabric.world_size
-    writer = rank == 0
-    device = fabric.device
-    check_batch_fits(stage, len(job.train_set), world)
-    per_rank_batch = max(1, stage.batch_size // world)
-    loader = build_loader(
-        job.train_set, per_rank_batch, train=True, num_workers=job.data.num_workers,
-        seed=derive_seed(job.seed, job.index), rank=rank, world_size=world,
-        pin_memory=device.type == "cuda" and not _on_device(job.train_set),
-    )  # fmt: skip
-    n_steps = len(loader)
-    a = stage.augment
-    augment = build_augment(
-        job.train_set, train=True, augment=a.ops, image_size=job.data.image_size,
-        seed=derive_seed(job.seed, job.index, rank), pad=a.pad, degrees=a.degrees, jitter=a.jitter,
-    )  # fmt: skip
-    eval_transform = build_augment(job.test_set, train=False, image_size=job.data.image_size)
+    return StageTraining(fabric, job, model, teacher).run()
 
-    memory_format = torch.channels_last if job.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    optimizer = build_optimizer(stage, model)
-    fmodel, optimizer = fabric.setup(model, optimizer)
-    fmodel.mark_forward_method("forward_with_features")
-    if teacher is not None:
-        teacher = teacher.to(device=device, memory_format=memory_format)
-    objective = DistillationObjective(
-        teacher, ce=stage.loss.ce, kd=stage.loss.kd, att=stage.loss.att,
-        att_form=stage.loss.att_form, temperature=stage.loss.temperature,
-    )  # fmt: skip
 
-    state_path = job.stage_dir / STATE_FILE
-    selected_on = "val" if job.val_set is not None else "test"
-    progress, extra = _new_progress(selected_on), {}
-    if state_path.is_file():
-        progress = load_training_state(state_path, model, optimizer, extra=extra)
-        progress.setdefault("best_score", progress.get("best_top1", -1.0))  # older state files
-        progress.setdefault("selected_on", "test")
-    in_epoch = progress.pop("in_epoch", None)
-    signs = weight_signs(model)
-    if in_epoch is not None and signs is not None and "signs" in extra:
-        signs = extra["signs"].to(device=signs.device, dtype=torch.bool)  # the epoch's start
-    kept = (
-        f"kept its state after epoch {progress['epoch']}" if progress["epoch"] else
-        "has no finished epoch yet (--resume starts it again)"
-    )  # fmt: skip
-    stop = job.stop or StopSignals()
-    tb_dir = job.tb_dir if writer else None
-    log = MetricsLog(job.stage_dir / "metrics.csv", progress["history"], tb_dir, stage.name)
+class StageTraining:
+    """One stage's training, step by step: set up (data, model, objective, saved progress),
+    then per epoch start (or continue) a pass, train its batches, end it (evaluate), record and
+    save it."""
 
-    def run_eval(dataset) -> dict:
+    def __init__(
+        self, fabric: Fabric, job: StageJob, model: nn.Module, teacher: nn.Module | None
+    ) -> None:
+        self.fabric, self.job, self.stage = fabric, job, job.stage
+        self.rank, self.world, self.device = fabric.global_rank, fabric.world_size, fabric.device
+        self.writer = self.rank == 0
+        self.selected_on = "val" if job.val_set is not None else "test"
+        check_batch_fits(self.stage, len(job.train_set), self.world)
+        self.loader = self._build_loader()
+        self.n_steps = len(self.loader)
+        self.augment, self.eval_transform = self._build_transforms()
+        self.model, self.fmodel, self.optimizer = self._set_up_model(model)
+        self.objective = self._build_objective(teacher)
+        self.progress, self.extra = self._load_progress()
+        self.stopped_at, self.progress.in_epoch = self.progress.in_epoch, None
+        self.signs = self._start_signs()
+        done = self.progress.epoch
+        self.kept = (
+            f"kept its state after epoch {done}" if done else
+            "has no finished epoch yet (--resume starts it again)"
+        )  # fmt: skip
+        self.stop = job.stop or StopSignals()
+        tb_dir = job.tb_dir if self.writer else None
+        self.log = MetricsLog(job.folder.metrics, self.progress.history, tb_dir, self.stage.name)
+
+    # ----------------------------------------------------------------------- set-up
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.job.channels_last else torch.contiguous_format
+
+    def _build_loader(self):
+        job = self.job
+        return build_loader(
+            job.train_set, max(1, self.stage.batch_size // self.world), train=True,
+            num_workers=job.data.num_workers, seed=derive_seed(job.seed, job.index),
+            rank=self.rank, world_size=self.world,
+            pin_memory=self.device.type == "cuda" and not _on_device(job.train_set),
+        )  # fmt: skip
+
+    def _build_transforms(self):
+        """(training augmentation seeded per process, evaluation transform)."""
+        job, a, size = self.job, self.stage.augment, self.job.data.image_size
+        augment = build_augment(
+            job.train_set, train=True, augment=a.ops, image_size=size,
+            seed=derive_seed(job.seed, job.index, self.rank), pad=a.pad, degrees=a.degrees,
+            jitter=a.jitter,
+        )  # fmt: skip
+        return augment, build_augment(job.test_set, train=False, image_size=size)
+
+    def _set_up_model(self, model: nn.Module):
+        """(model, Fabric-wrapped model, optimiser), in the configured memory format."""
+        model = model.to(memory_format=self.memory_format)
+        optimizer = build_optimizer(self.stage, model)
+        fmodel, optimizer = self.fabric.setup(model, optimizer)
+        fmodel.mark_forward_method("forward_with_features")
+        return model, fmodel, optimizer
+
+    def _build_objective(self, teacher: nn.Module | None) -> DistillationObjective:
+        if teacher is not None:
+            teacher = teacher.to(device=self.device, memory_format=self.memory_format)
+        loss = self.stage.loss
+        return DistillationObjective(
+            teacher, ce=loss.ce, kd=loss.kd, att=loss.att, att_form=loss.att_form,
+            temperature=loss.temperature,
+        )  # fmt: skip
+
+    def _load_progress(self) -> tuple[StageProgress, dict[str, torch.Tensor]]:
+        """The saved progress (and extra tensors) when the stage has a state file, else none."""
+        extra: dict[str, torch.Tensor] = {}
+        state = self.job.folder.state
+        if not state.is_file():
+            return StageProgress(selected_on=self.selected_on), extra
+        record = load_training_state(state, self.model, self.optimizer, extra=extra)
+        return StageProgress.from_json(record), extra
+
+    def _start_signs(self) -> torch.Tensor | None:
+        """Binary-weight signs at the start of the epoch to train (saved by a stopped pass)."""
+        signs = weight_signs(self.model)
+        if self.stopped_at is not None and signs is not None and "signs" in self.extra:
+            signs = self.extra["signs"].to(device=signs.device, dtype=torch.bool)
+        return signs
+
+    # ----------------------------------------------------------------------- epochs
+
+    def run(self) -> StageProgress:
+        if self.stage.epochs == 0 and not self.progress.history:
+            row = {"epoch": 0, "step": 0, **self._evaluations(), "time_s": 0.0}
+            self._record(row)
+            self._save_epoch(row)
+        for epoch in range(self.progress.epoch, self.stage.epochs):
+            self._train_epoch(epoch)
+        self.log.close()
+        return self.progress
+
+    def _train_epoch(self, epoch: int) -> None:
+        """Train, evaluate, record and save one epoch; then stop if a stop signal came."""
+        run = self._start_pass(epoch)
+        self._train_batches(run)
+        row = self._end_pass(run)
+        self._record(row)
+        self._save_epoch(row)
+        self.kept = f"kept its state after epoch {epoch + 1}"
+        if self.writer:
+            self.job.log(_epoch_line(self.stage, row))
+        if epoch + 1 < self.stage.epochs and stop_agreed(self.fabric, self.stop.requested):
+            self.log.close()
+            raise self._stopped(f"after epoch {epoch + 1}")
+
+    def _start_pass(self, epoch: int) -> EpochPass:
+        started = time.perf_counter()
+        self.loader.set_epoch(epoch)
+        self.augment.set_epoch(epoch)
+        job = self.job
+        mix_gen = generator_for(job.seed, job.index, self.rank, epoch, 1)
+        run = EpochPass(epoch, started, mix_gen, RunningSums.zeros(self.device))
+        if self.stopped_at is not None and self.stopped_at.epoch == epoch:
+            self._continue_stopped_pass(run, self.stopped_at)
+        self.stopped_at = None
+        return run
+
+    def _continue_stopped_pass(self, run: EpochPass, at: StoppedEpoch) -> None:
+        """Skip the batches a stopped pass did; restore its generators and sums when it ran
+        with as many processes."""
+        run.first = int(at.batches)
+        self.loader.set_epoch(run.epoch, skip_batches=run.first)
+        run.started -= float(at.elapsed_s)
+        if at.world_size == self.world and "sums" in self.extra:
+            self.augment.generator.set_state(self.extra["augment_rng"][self.rank].clone())
+            run.mix_gen.set_state(self.extra["mixup_rng"][self.rank].clone())
+            sums = self.extra["sums"][self.rank].to(device=self.device, dtype=torch.float64)
+            run.sums = RunningSums(sums)
+        else:
+            self.job.log(
+                f"[{self.stage.name}] warning: epoch {run.epoch + 1} was stopped with "
+                f"{at.world_size} processes and continues with {self.world}: its "
+                "remaining batches get new augmentation draws"
+            )
+        self.kept = f"kept its state from epoch {run.epoch + 1}, batch {run.first}"
+
+    def _train_batches(self, run: EpochPass) -> None:
+        """The pass's optimiser steps; after each: stop at a non-finite loss or a stop signal."""
+        self.fmodel.train()
+        self.objective.train()
+        bar = _progress_bar(self.job, self.fabric, run.epoch, self.n_steps)
+        bar.update(run.first)
+        for i, (images, labels) in enumerate(self.loader, start=run.first):
+            out, y = self._step(run, images, labels)
+            (correct,) = topk_correct(out["logits"].detach().float(), y, ks=(1,))
+            terms = [out["loss"].detach(), out["ce"], out["kd"], out["att"]]
+            bad, stop_now = step_flags(self.fabric, terms, self.stop.requested)
+            if any(bad):
+                bar.close()
+                self._diverged(run, i + 1, bad, terms)
+            run.sums.add(y.shape[0], terms, correct)
+            if stop_now and i + 1 < self.n_steps:
+                bar.close()
+                self._stop_in_pass(run, i + 1)
+            if not bar.disable and (i % 10 == 0 or i == self.n_steps - 1):
+                m = run.sums.means()
+                bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['train_top1']:.1f}%")
+            bar.update(1)
+        bar.close()
+
+    def _step(self, run: EpochPass, images: torch.Tensor, labels: torch.Tensor):
+        """One optimiser step on a batch: (the objective's output, the batch's targets)."""
+        stage, device = self.stage, self.device
+        x = self.augment(images.to(device, non_blocking=True))
+        y = labels.to(device, non_blocking=True)
+        if stage.augment.mixup > 0:
+            x, y = mixup(x, y, stage.augment.mixup, self.job.num_classes, generator=run.mix_gen)
+        if self.job.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        factor = lr_factor(stage.schedule, self.progress.step, self.n_steps, stage.epochs)
+        set_lr(self.optimizer, stage.optim.lr, factor)
+        with self.fabric.autocast():
+            out = self.objective(self.fmodel, x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.fabric.backward(out["loss"])
+        self.optimizer.step()
+        if stage.optim.clip_weights is not None:
+            clip_binary_weights(self.model, stage.optim.clip_weights)
+        self.progress.step += 1
+        return out, y
+
+    def _end_pass(self, run: EpochPass) -> dict:
+        """The epoch's row of ``metrics.csv``: its sums over every process, evaluations, flip
+        ratio; the progress counts the epoch."""
+        sums = run.sums.summed(self.fabric)
+        evals = self._evaluations()
+        new_signs = weight_signs(self.model)
+        flips, self.signs = flip_ratio(self.signs, new_signs), new_signs
+        self.progress.epoch = run.epoch + 1
+        self.progress.time_s += time.perf_counter() - run.started
+        return {
+            "epoch": run.epoch + 1, "step": self.progress.step,
+            "lr": self.optimizer.param_groups[0]["lr"], **sums.means(), **evals,
+            "flip_ratio": flips, "time_s": self.progress.time_s,
+        }  # fmt: skip
+
+    # ----------------------------------------------------------------------- evaluation
+
+    def _evaluate(self, dataset) -> dict:
+        job, fabric = self.job, self.fabric
+        batches = eval_batches(
+            dataset, job.data.eval_batch_size, self.rank, self.world, job.data.num_workers
+        )
         return evaluate(
-            fmodel, eval_batches(dataset, job.data.eval_batch_size, rank, world,
-                                 job.data.num_workers),
-            eval_transform, device, reduce_sum=lambda t: fabric.all_reduce(t, reduce_op="sum"),
+            self.fmodel, batches, self.eval_transform, self.device,
+            reduce_sum=lambda t: fabric.all_reduce(t, reduce_op="sum"),
             autocast=fabric.autocast, channels_last=job.channels_last,
         )  # fmt: skip
 
-    def evaluations() -> dict:
+    def _evaluations(self) -> dict:
         """Test (and validation) loss, top-1 and top-5 of the model now, as row entries."""
         out = {}
-        for split, dataset in (("val", job.val_set), ("test", job.test_set)):
+        for split, dataset in (("val", self.job.val_set), ("test", self.job.test_set)):
             if dataset is not None:
-                ev = run_eval(dataset)
+                ev = self._evaluate(dataset)
                 out.update({f"{split}_loss": ev["loss"], f"{split}_top1": ev["top1"],
                             f"{split}_top5": ev["top5"]})  # fmt: skip
         return out
 
-    def save_epoch(row: dict) -> None:
+    # ----------------------------------------------------------------------- saving
+
+    def _record(self, row: dict) -> None:
+        self.log.append(row)  # also appends to progress.history
+        score = row["val_top1"] if self.job.val_set is not None else row["test_top1"]
+        self.progress.record_epoch(row, score)
+
+    def _save_epoch(self, row: dict) -> None:
         """Checkpoints and metrics of a finished epoch (rank 0), best first, state last."""
-        info = {**job.info, "epoch": row["epoch"], "top1": row["test_top1"],
+        info = {**self.job.info, "epoch": row["epoch"], "top1": row["test_top1"],
                 "top5": row["test_top5"], "val_top1": row.get("val_top1"),
-                "selected_on": selected_on}  # fmt: skip
-        if writer:
-            if row["epoch"] == progress["best_epoch"]:
-                save_weights(job.stage_dir / BEST_FILE, model, info)
-            save_weights(job.stage_dir / LAST_FILE, model, info)
-            save_training_state(state_path, model, optimizer, progress)
-            log.write_csv()
-        fabric.barrier()
+                "selected_on": self.selected_on}  # fmt: skip
+        folder = self.job.folder
+        if self.writer:
+            if row["epoch"] == self.progress.best_epoch:
+                save_weights(folder.best, self.model, info)
+            save_weights(folder.last, self.model, info)
+            save_training_state(folder.state, self.model, self.optimizer, self.progress.to_json())
+            self.log.write_csv()
+        self.fabric.barrier()
 
-    def record(row: dict) -> None:
-        log.append(row)  # also appends to progress["history"]
-        score = row["val_top1"] if job.val_set is not None else row["test_top1"]
-        if score > progress["best_score"]:
-            progress.update(best_score=score, best_top1=row["test_top1"],
-                            best_top5=row["test_top5"], best_val_top1=row.get("val_top1"),
-                            best_epoch=row["epoch"])  # fmt: skip
-
-    def save_stopped(epoch: int, batches: int, sums: torch.Tensor, mix_gen, t0: float) -> None:
-        """The state in the middle of ``epoch`` after ``batches`` batches (every process's
+    def _save_stopped_pass(self, run: EpochPass, batches: int) -> None:
+        """The state in the middle of the pass after ``batches`` batches (every process's
         generators and sums are gathered; rank 0 writes)."""
-        extra_out = {
-            "sums": _gather(fabric, sums),
-            "augment_rng": _gather(fabric, augment.generator.get_state()),
-            "mixup_rng": _gather(fabric, mix_gen.get_state()),
+        fabric = self.fabric
+        extra = {
+            "sums": _gather(fabric, run.sums.values),
+            "augment_rng": _gather(fabric, self.augment.generator.get_state()),
+            "mixup_rng": _gather(fabric, run.mix_gen.get_state()),
         }
-        if signs is not None:
-            extra_out["signs"] = signs
-        record_ = {"epoch": epoch, "batches": batches, "world_size": world,
-                   "elapsed_s": time.perf_counter() - t0}  # fmt: skip
-        if writer:
-            save_training_state(
-                state_path, model, optimizer, {**progress, "in_epoch": record_}, extra_out
-            )
+        if self.signs is not None:
+            extra["signs"] = self.signs
+        at = StoppedEpoch(epoch=run.epoch, batches=batches, world_size=self.world,
+                          elapsed_s=time.perf_counter() - run.started)  # fmt: skip
+        if self.writer:
+            progress = replace(self.progress, in_epoch=at).to_json()
+            save_training_state(self.job.folder.state, self.model, self.optimizer, progress, extra)
         fabric.barrier()
 
-    def stopped(where: str) -> RunStopped:
+    # ----------------------------------------------------------------------- stopping
+
+    def _diverged(self, run: EpochPass, batch: int, bad: list[bool], terms) -> None:
+        self.log.close()
+        raise diverged(
+            self.stage, run.epoch + 1, batch, self.n_steps, self.progress.step, bad,
+            [float(t) for t in terms], self.job.folder.run.root, self.kept,
+        )  # fmt: skip
+
+    def _stop_in_pass(self, run: EpochPass, batch: int) -> None:
+        self._save_stopped_pass(run, batch)
+        self.log.close()
+        raise self._stopped(f"at epoch {run.epoch + 1}, batch {batch}/{self.n_steps}")
+
+    def _stopped(self, where: str) -> RunStopped:
+        stop = self.stop
         return RunStopped(
-            f"{stop.name or 'stop signal'}: stage {stage.name!r} stopped {where} and saved its "
-            f"state to {state_path}; continue with: r2b train --out {job.stage_dir.parent} "
-            "--resume",
+            f"{stop.name or 'stop signal'}: stage {self.stage.name!r} stopped {where} and saved "
+            f"its state to {self.job.folder.state}; continue with: r2b train --out "
+            f"{self.job.folder.run.root} --resume",
             stop.signum or 15,
         )
-
-    if stage.epochs == 0 and not progress["history"]:
-        record({"epoch": 0, "step": 0, **evaluations(), "time_s": 0.0})
-        save_epoch(progress["history"][-1])
-
-    for epoch in range(progress["epoch"], stage.epochs):
-        t0 = time.perf_counter()
-        first = 0
-        loader.set_epoch(epoch)
-        augment.set_epoch(epoch)
-        mix_gen = generator_for(job.seed, job.index, rank, epoch, 1)
-        sums = torch.zeros(6, dtype=torch.float64, device=device)  # n, loss, ce, kd, att, correct
-        if in_epoch is not None and in_epoch.get("epoch") == epoch:
-            first = int(in_epoch["batches"])
-            loader.set_epoch(epoch, skip_batches=first)
-            t0 -= float(in_epoch.get("elapsed_s", 0.0))
-            if in_epoch.get("world_size") == world and "sums" in extra:
-                augment.generator.set_state(extra["augment_rng"][rank].clone())
-                mix_gen.set_state(extra["mixup_rng"][rank].clone())
-                sums = extra["sums"][rank].to(device=device, dtype=torch.float64)
-            else:
-                job.log(
-                    f"[{stage.name}] warning: epoch {epoch + 1} was stopped with "
-                    f"{in_epoch.get('world_size')} processes and continues with {world}: its "
-                    "remaining batches get new augmentation draws"
-                )
-            kept = f"kept its state from epoch {epoch + 1}, batch {first}"
-        in_epoch = None
-        fmodel.train()
-        objective.train()
-        bar = _progress_bar(job, fabric, epoch, n_steps)
-        bar.update(first)
-        for i, (images, labels) in enumerate(loader, start=first):
-            x = augment(images.to(device, non_blocking=True))
-            y = labels.to(device, non_blocking=True)
-            if a.mixup > 0:
-                x, y = mixup(x, y, a.mixup, job.num_classes, generator=mix_gen)
-            if job.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            set_lr(
-                optimizer,
-                stage.optim.lr,
-                lr_factor(stage.schedule, progress["step"], n_steps, stage.epochs),
-            )
-            with fabric.autocast():
-                out = objective(fmodel, x, y)
-            optimizer.zero_grad(set_to_none=True)
-            fabric.backward(out["loss"])
-            optimizer.step()
-            if stage.optim.clip_weights is not None:
-                clip_binary_weights(model, stage.optim.clip_weights)
-            progress["step"] += 1
-            n = y.shape[0]
-            (correct,) = topk_correct(out["logits"].detach().float(), y, ks=(1,))
-            terms = [out["loss"].detach(), out["ce"], out["kd"], out["att"]]
-            bad, stop_now = step_flags(fabric, terms, stop.requested)
-            if any(bad):
-                bar.close()
-                log.close()
-                raise diverged(
-                    stage, epoch + 1, i + 1, n_steps, progress["step"], bad,
-                    [float(t) for t in terms], job.stage_dir.parent, kept,
-                )  # fmt: skip
-            sums += torch.stack(
-                [torch.tensor(n, device=device).double()]
-                + [t.double() * n for t in terms]
-                + [correct.double()]
-            )
-            if stop_now and i + 1 < n_steps:
-                bar.close()
-                save_stopped(epoch, i + 1, sums, mix_gen, t0)
-                log.close()
-                raise stopped(f"at epoch {epoch + 1}, batch {i + 1}/{n_steps}")
-            if not bar.disable and (i % 10 == 0 or i == n_steps - 1):
-                s = sums.tolist()
-                bar.set_postfix(loss=f"{s[1] / s[0]:.3f}", acc=f"{100 * s[5] / s[0]:.1f}%")
-            bar.update(1)
-        bar.close()
-        sums = fabric.all_reduce(sums, reduce_op="sum")
-        n, loss, ce, kd, att, correct = sums.tolist()
-        evals = evaluations()
-        new_signs = weight_signs(model)
-        flips, signs = flip_ratio(signs, new_signs), new_signs
-        progress["epoch"] = epoch + 1
-        progress["time_s"] += time.perf_counter() - t0
-        row = {
-            "epoch": epoch + 1, "step": progress["step"], "lr": optimizer.param_groups[0]["lr"],
-            "loss": loss / n, "ce": ce / n, "kd": kd / n, "att": att / n,
-            "train_top1": 100.0 * correct / n, **evals, "flip_ratio": flips,
-            "time_s": progress["time_s"],
-        }  # fmt: skip
-        record(row)
-        save_epoch(row)
-        kept = f"kept its state after epoch {epoch + 1}"
-        if writer:
-            job.log(_epoch_line(stage, row))
-        if epoch + 1 < stage.epochs and stop_agreed(fabric, stop.requested):
-            log.close()
-            raise stopped(f"after epoch {epoch + 1}")
-    log.close()
-    return progress
 
 
 def _epoch_line(stage: StageConfig, row: dict) -> str:

@@ -22,6 +22,7 @@ from torch import nn
 
 from r2b.layers import LearnedShift
 from r2b.packed import kernels
+from r2b.packed.int8 import Dequantize
 from r2b.packed.kernels import BN_FMA, BN_MUL_ADD, BN_NONE
 from r2b.packed.parallel import launch_info
 
@@ -67,15 +68,21 @@ def probe_affine(module: nn.Module | None, channels: int) -> tuple[int, np.ndarr
     the module itself).
 
     ``module``: ``None`` (the identity: ``x * 1 + 0``, equal to ``x`` up to the sign of a zero,
-    which a sign does not see), an eval-mode ``BatchNorm2d`` (``probe_bn_mode``), or a learned
+    which a sign does not see), an eval-mode ``BatchNorm2d`` (``probe_bn_mode``), a learned
     shift ``x + b`` (``r2b.layers.LearnedShift``: ``fma(x, 1, b)`` rounds ``x + b`` once, as
-    the add does).
+    the add does), or the ``x * m + b`` of an int8 layer's output (``r2b.packed.int8.Dequantize``,
+    two roundings).
     """
     ones, zeros = np.ones(channels, _F32), np.zeros(channels, _F32)
     if module is None:
         return BN_MUL_ADD, ones, zeros
     if isinstance(module, nn.BatchNorm2d):
         return probe_bn_mode(module)
+    if isinstance(module, Dequantize) and module.multiplier.shape == (channels,):
+        a, b = _np(module.multiplier), _np(module.bias)
+        probe = torch.randn(2, channels, 5, 7, generator=torch.Generator().manual_seed(0)) * 1e4
+        probe = torch.round(probe)  # the integers an int8 product returns
+        return _first_exact(module, probe, [(BN_MUL_ADD, a, b), (BN_FMA, a, b)], (ones, zeros))
     if not isinstance(module, LearnedShift) or module.shift.shape != (channels,):
         return BN_NONE, ones, zeros
     shift = module.shift

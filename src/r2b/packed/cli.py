@@ -48,6 +48,16 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=int, help="with a model name (1000)")
     p.add_argument("--width", type=float, help="with a model name: width multiplier (1.0)")
     p.add_argument("--seed", type=int, default=0, help="with a model name: weight seed")
+    p.add_argument("--float-layers", choices=["float", "int8"], default="float",
+                   help="r2b: int8 runs the stem conv, downsample convs and classifier in int8 "
+                   "(post-training quantisation; equals r2b.packed.int8.int8_reference bit for "
+                   "bit); float (default) keeps them float, equal to the float model")
+    p.add_argument("--calib-images", type=int, default=None,
+                   help="with --float-layers int8: training images to calibrate on (512; a "
+                   "model name calibrates on random images, for timing only)")
+    p.add_argument("--data", help="with --float-layers int8: calibration data, a dataset name "
+                   "or a folder with train/ (default: the data the checkpoint was trained on)")
+    p.add_argument("--root", help="with --data NAME: its data folder")
     p.set_defaults(func=run_export)
 
 
@@ -112,6 +122,7 @@ def run_export(args: argparse.Namespace) -> int:
     from r2b.packed import load, save, to_packed
 
     check_model_flags(args)
+    _check_int8_flags(args)
     _check_output_path(Path(args.out))
     target = model_name_or_file(args.checkpoint, "a checkpoint file")
     if isinstance(target, str):
@@ -127,12 +138,13 @@ def run_export(args: argparse.Namespace) -> int:
     if args.input_size is not None:
         raise UserError("--input-size applies to --format lce and openvino; a .r2b file takes "
                         "any input size")  # fmt: skip
-    packed = to_packed(model)
     out = Path(args.out)
     if out.parent and not out.parent.exists():
         raise UserError(f"folder {out.parent} does not exist; create it or choose another -o")
+    calibration = _calibration(args, target, model)
+    packed = to_packed(model, args.float_layers, calibration)
     size = save(packed, out)
-    check = _verify(model, load(out))
+    check = _verify(model, load(out), calibration)
     n_bits = sum(int(c.bits.size) * 8 for _, c in packed.record.binary_convs)
     float_mib = sum(p.numel() * 4 for p in model.parameters()) / 2**20
     print(
@@ -140,6 +152,42 @@ def run_export(args: argparse.Namespace) -> int:
         f"{n_bits / 2**20:.2f} MiB as bits; float parameters {float_mib:.1f} MiB); {check}"
     )
     return 0
+
+
+def _check_int8_flags(args: argparse.Namespace) -> None:
+    """The int8 flags only with ``--format r2b --float-layers int8``."""
+    int8_only = [f for f, v in (("--calib-images", args.calib_images), ("--data", args.data),
+                                ("--root", args.root)) if v is not None]  # fmt: skip
+    if args.float_layers == "int8" and args.format != "r2b":
+        raise UserError(f"--float-layers int8 applies to --format r2b, not {args.format}")
+    if int8_only and args.float_layers != "int8":
+        raise UserError(f"{int8_only[0]} applies only with --float-layers int8")
+
+
+def _calibration(args: argparse.Namespace, target, model):
+    """``--float-layers int8``'s calibration batches: ``--calib-images`` training images of the
+    checkpoint's data (or ``--data``), random images for a model name; ``None`` for float."""
+    from r2b.packed.calibration import (
+        DEFAULT_CALIBRATION_IMAGES,
+        calibration_batches,
+        random_calibration,
+    )
+
+    if args.float_layers != "int8":
+        return None
+    n = DEFAULT_CALIBRATION_IMAGES if args.calib_images is None else args.calib_images
+    if n < 1:
+        raise UserError(f"--calib-images is {n}; give 1 or more training images")
+    if isinstance(target, str):
+        from r2b.models import default_input_size
+
+        return random_calibration(n, default_input_size(model.arch))
+    from r2b.train.checkpoint import read_weights
+    from r2b.train.cli import checkpoint_split
+
+    _, _, info = read_weights(target)
+    train, data = checkpoint_split(target, info, "train", args.data, args.root)
+    return calibration_batches(train, n, data.get("image_size"))
 
 
 def _random_binary_model(name: str, args: argparse.Namespace):
@@ -201,21 +249,25 @@ def _export_lce(model, out: Path, input_size: int | None) -> int:
     return 0
 
 
-def _verify(model, packed) -> str:
-    """Compare the read-back packed model with the float model on a random batch."""
+def _verify(model, packed, calibration=None) -> str:
+    """Compare the read-back packed model with what it must equal on a random batch: the float
+    model, or with int8 float layers their reference (``r2b.packed.int8.int8_reference``)."""
     import torch
 
     from r2b.models import default_input_size
+    from r2b.packed.int8 import int8_reference
 
     size = default_input_size(model.arch)
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    oracle = model.eval() if calibration is None else int8_reference(model, calibration)
+    what = "the float model" if calibration is None else "its int8 reference"
     with torch.inference_mode():
-        expected = model.eval()(x)
+        expected = oracle(x)
         got = packed(x)
     if not torch.equal(expected, got):
         err = ((got - expected).abs().max() / expected.abs().max()).item()
-        raise UserError(f"the exported model differs from the float one (max rel. {err:.2e})")
-    return "read back: logits identical to the float model"
+        raise UserError(f"the exported model differs from {what} (max rel. {err:.2e})")
+    return f"read back: logits identical to {what}"
 
 
 def run_bench(args: argparse.Namespace) -> int:

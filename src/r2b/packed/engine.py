@@ -8,6 +8,10 @@ gates, shifts, activations, downsample shortcuts, pool and classifier are copies
 model's modules in eval mode. The result equals the eval-mode float model bit for bit (see
 ``r2b.packed.layers``). The engine reads only the description: no model names, no attribute
 names.
+
+``to_packed(model, float_layers="int8", calibration=batches)`` also runs the stem conv, the
+downsample 1x1 convs and the classifier in int8 (``r2b.packed.int8``); that engine equals
+``r2b.packed.int8.int8_reference(model, batches)``, a fake-quantised eval graph, bit for bit.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from torch import nn
 from r2b.errors import UserError
 from r2b.models.spec import BinaryNetSpec
 from r2b.packed.bitpack import pack_weight
+from r2b.packed.int8 import Dequantize, Int8Conv2d, has_int8_layers, int8_model
 from r2b.packed.layers import PackedBinaryConv2d, PackedHalfBlock, PackedStem
 
 
@@ -61,6 +66,8 @@ class PackedRecord:
     arch: dict = field(default_factory=dict)
     binary_convs: tuple[tuple[str, PackedConv], ...] = ()
     tensors: dict = field(default_factory=dict)
+    #: ``"float"``, or ``"int8"`` when the stem, downsample convs and classifier are int8 layers
+    float_layers: str = "float"
 
 
 class PackedResNet(nn.Module):
@@ -141,11 +148,26 @@ def pack_conv(conv: nn.Module) -> PackedConv:
     )
 
 
-def to_packed(model: nn.Module) -> PackedResNet:
+#: ``to_packed``'s ``float_layers`` choices
+FLOAT_LAYERS = ("float", "int8")
+
+
+def to_packed(model: nn.Module, float_layers: str = "float", calibration=None) -> PackedResNet:
     """The packed inference engine of a trained fully binary network (the model is not changed).
 
-    Raises ``UserError`` for a model that is not fully binary (stages ``fp`` and ``ban``).
+    ``float_layers="int8"``: the stem conv, downsample convs and classifier in int8, scales from
+    ``calibration`` (an iterable of normalised ``(N, 3, H, W)`` image batches; post-training
+    quantisation, ``r2b.packed.int8``). Raises ``UserError`` for a model that is not fully binary
+    (stages ``fp`` and ``ban``).
     """
+    if float_layers not in FLOAT_LAYERS:
+        raise UserError(f"float_layers {float_layers!r}: choose one of {', '.join(FLOAT_LAYERS)}")
+    check_packable(model)
+    if float_layers == "int8":
+        if calibration is None:
+            raise UserError("float_layers='int8' needs calibration images (a few hundred "
+                            "training images, normalised as for evaluation)")  # fmt: skip
+        model = int8_model(model, calibration)
     spec = check_packable(model)
     with torch.no_grad():
         convs = [pack_conv(c) for c in spec.binary_convs()]
@@ -183,15 +205,17 @@ def _export_record(model: nn.Module, binary_convs: list, convs: list[PackedConv]
         for k, v in model.state_dict().items()
         if k not in skip and not k.endswith("num_batches_tracked")
     }
-    return PackedRecord(dict(getattr(model, "arch", {})), binary, real)
+    kind = "int8" if has_int8_layers(model) else "float"
+    return PackedRecord(dict(getattr(model, "arch", {})), binary, real, kind)
 
 
 def _packed_stem(stem: nn.Sequential) -> nn.Module:
-    """``PackedStem`` for a ``conv, BN[, PReLU][, max-pool]`` stem; other stems stay as they are."""
+    """``PackedStem`` for a ``conv, BN[, PReLU][, max-pool]`` stem (or its int8 form, ``Int8Conv2d,
+    Dequantize, ...``); other stems stay as they are."""
     layers = list(stem)
-    if len(layers) < 2 or not isinstance(layers[0], nn.Conv2d):
+    if len(layers) < 2 or not isinstance(layers[0], (nn.Conv2d, Int8Conv2d)):
         return stem
-    if not isinstance(layers[1], nn.BatchNorm2d):
+    if not isinstance(layers[1], (nn.BatchNorm2d, Dequantize)):
         return stem
     rest = layers[2:]
     act = rest.pop(0) if rest and isinstance(rest[0], nn.PReLU) else None

@@ -20,6 +20,12 @@ by it; every other tensor of the float model's ``state_dict`` (stem, BatchNorms 
 statistics, PReLU slopes, scales, gates, shifts, shortcuts, classifier) is stored as it is.
 BatchNorm's ``num_batches_tracked`` counters are left out (inference does not use them).
 
+An engine with int8 float layers (``to_packed(model, "int8", calibration)``) adds
+``"float_layers": "int8"`` to ``"model"``; its tensors are then those of the int8 structure
+(``r2b.packed.int8.int8_structure``: ``weight_q`` int8, ``inv_scale``, ``zero_point``, and the
+``Dequantize`` ``multiplier`` / ``bias`` in place of the folded BatchNorms). Without the key the
+float layers are float (every file written before int8 mode).
+
 Why safetensors and not a container of r2b's own (format 1, r2b 0.1): it is the format the
 checkpoints already use, it stores uint64 words and string metadata, every framework and viewer
 reads it, and it cannot execute code; safetensors has no checksum, so the CRC-32 in the metadata
@@ -86,7 +92,10 @@ def to_bytes(model: torch.nn.Module) -> bytes:
         })  # fmt: skip
     for key, value in record.tensors.items():
         tensors[key] = value.contiguous().numpy()
-    return _encode({"arch": record.arch, "binary_convs": convs}, tensors)
+    header = {"arch": record.arch, "binary_convs": convs}
+    if record.float_layers != "float":
+        header["float_layers"] = record.float_layers  # absent: float (files before int8 mode)
+    return _encode(header, tensors)
 
 
 def _encode(header: dict, tensors: dict[str, np.ndarray]) -> bytes:
@@ -195,6 +204,7 @@ def load(path: str | Path) -> PackedResNet:
 def from_parts(header: dict, tensors: dict[str, np.ndarray], source: str) -> PackedResNet:
     """The ``PackedResNet`` of a decoded header and tensor table."""
     from r2b.models import model_from_arch
+    from r2b.packed.int8 import int8_sites, int8_structure, onednn_available, set_backend
 
     def fail(what: str) -> PackedFileError:
         return PackedFileError(f"packed model {source} is {what}; export it again")
@@ -206,6 +216,12 @@ def from_parts(header: dict, tensors: dict[str, np.ndarray], source: str) -> Pac
         model = model_from_arch(arch)
     except ValueError as err:
         raise fail(f"of an architecture this r2b cannot build ({err})") from None
+    float_layers = header.get("float_layers", "float")
+    if float_layers not in ("float", "int8"):
+        raise fail(f"of float layers {float_layers!r} that this r2b cannot run (float or int8)")
+    if float_layers == "int8":
+        model = int8_structure(model, int8_sites(model))
+        set_backend(model, "onednn" if onednn_available() else "reference")
     binary = {id(m) for m in getattr(model, "binary_convs", list)()}
     names = {n: m for n, m in model.named_modules() if id(m) in binary}
     specs = header.get("binary_convs") or []

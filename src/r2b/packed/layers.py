@@ -28,7 +28,7 @@ from r2b.errors import UserError
 from r2b.layers import RPReLU
 from r2b.models.spec import HalfBlockSpec
 from r2b.packed import kernels
-from r2b.packed.batchnorm import probe_affine, probe_bn_mode
+from r2b.packed.batchnorm import probe_affine
 from r2b.packed.bitpack import kernel_layout, n_words, pack_bits
 from r2b.packed.kernels import BN_NONE
 from r2b.packed.parallel import launch_info
@@ -333,7 +333,7 @@ class PackedStem(nn.Module):
         # no activation: slope 1, and ``v > 0 ? v : 1 * v`` is ``v``
         slope = torch.ones(channels) if act is None else act.weight.detach().float()
         self._slope = np.ascontiguousarray(slope.expand(channels).numpy())
-        self.bn_mode, self._bn_a, self._bn_b = probe_bn_mode(bn)
+        self.bn_mode, self._bn_a, self._bn_b = probe_affine(bn, channels)
         self._pool = _pool_params(pool)
         self._channels_last_exact: dict[tuple, bool] = {}
         self._tiles: dict[int, tuple[np.ndarray, ...]] = {}

@@ -158,8 +158,13 @@ def _eval_device(text: str):
     return device
 
 
-def _eval_data(args: argparse.Namespace, info: dict):
-    """(dataset, data record) that ``r2b eval`` measures: the run's split, or ``--data``."""
+def checkpoint_split(
+    checkpoint, info: dict, split: str, data_arg: str | None = None, root: str | None = None,
+    max_images: int | None = None,
+):
+    """(dataset, data record) of a checkpoint's ``split`` as its run saw it (``info``: its
+    ``read_weights`` record), or of ``--data`` / ``--root``: what ``r2b eval`` measures and
+    ``r2b export --float-layers int8`` calibrates on (``split="train"``)."""
     from dataclasses import fields
 
     from r2b.data import DATASETS, limit, load_split
@@ -167,22 +172,20 @@ def _eval_data(args: argparse.Namespace, info: dict):
 
     data = info.get("data") or {}
     if not isinstance(data, dict):
-        raise UserError(
-            f"checkpoint {args.checkpoint} has a malformed info.data record; pass --data"
-        )
+        raise UserError(f"checkpoint {checkpoint} has a malformed info.data record; pass --data")
     seed = data.get("seed", 0)
-    if args.data:
-        if args.data in DATASETS:
-            data = {"name": args.data, "root": args.root}
-        elif Path(args.data).is_dir():
-            data = {"name": "folder", "root": args.data}
+    if data_arg:
+        if data_arg in DATASETS:
+            data = {"name": data_arg, "root": root}
+        elif Path(data_arg).is_dir():
+            data = {"name": "folder", "root": data_arg}
         else:
             raise UserError(
-                f"--data {args.data!r} is neither a dataset ({', '.join(DATASETS)}) nor a "
+                f"--data {data_arg!r} is neither a dataset ({', '.join(DATASETS)}) nor a "
                 "folder; check the name or path"
             )
-    elif args.root:
-        data = {**data, "root": args.root}
+    elif root:
+        data = {**data, "root": root}
     if not data.get("name"):
         raise UserError("the checkpoint does not say what data it was trained on; pass --data")
     known = {f.name for f in fields(DataConfig)}
@@ -190,12 +193,12 @@ def _eval_data(args: argparse.Namespace, info: dict):
         cfg = _from_mapping(DataConfig, {k: v for k, v in data.items() if k in known}, "data")
     except UserError as err:
         raise UserError(
-            f"checkpoint {args.checkpoint} has a malformed data record ({err}); pass --data"
+            f"checkpoint {checkpoint} has a malformed data record ({err}); pass --data"
         ) from None
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise UserError(f"checkpoint {args.checkpoint} has a malformed data.seed; pass --data")
+        raise UserError(f"checkpoint {checkpoint} has a malformed data.seed; pass --data")
     cfg.test_limit = None  # the whole test split, whatever the run used; --limit cuts it
-    return limit(load_split(cfg, args.split, seed), args.limit), data
+    return limit(load_split(cfg, split, seed), max_images), data
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -209,7 +212,8 @@ def run_eval(args: argparse.Namespace) -> int:
         raise UserError(f"--limit is {args.limit}; give 1 or more images (or leave it out)")
     device = _eval_device(args.device)
     _, arch, info = read_weights(args.checkpoint)
-    ds, data = _eval_data(args, info)
+    ds, data = checkpoint_split(args.checkpoint, info, args.split, args.data, args.root,
+                                args.limit)
     if arch.get("num_classes") not in (None, num_classes(ds)):
         raise UserError(
             f"checkpoint {args.checkpoint} predicts {arch['num_classes']} classes but the "

@@ -1,0 +1,157 @@
+"""int8 float layers: the quantisation rules on known values, oneDNN's integer products against
+an int64 oracle, and whole packed networks equal to their fake-quantised reference bit for bit."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from networks import randomise
+from torch import nn
+
+from r2b.errors import UserError
+from r2b.models import create_model, list_models
+from r2b.packed import load, save, to_packed
+from r2b.packed.int8 import (
+    ActivationRange,
+    Dequantize,
+    Int8Conv2d,
+    Int8Linear,
+    fold_batchnorm,
+    int8_reference,
+    int8_sites,
+    onednn_available,
+    quantize_activations,
+    quantize_weight,
+)
+
+
+def test_activation_grid_holds_zero_and_the_range():
+    assert ActivationRange(-1.0, 3.0).scale_and_zero_point() == (4 / 255, 64)  # 63.75 -> 64
+    assert ActivationRange(0.5, 2.0).scale_and_zero_point() == (2 / 255, 0)  # 0 always on grid
+    assert ActivationRange(-2.0, -1.0).scale_and_zero_point() == (2 / 255, 255)
+    assert ActivationRange(0.0, 0.0).scale_and_zero_point() == (1.0, 0)
+
+
+def test_activations_round_half_to_even_and_clamp():
+    x = torch.tensor([-10.0, -0.25, 0.25, 0.75, 1.25, 0.5, 200.0])
+    q = quantize_activations(x, torch.tensor([2.0]), 3)  # x / 0.5 + 3
+    assert q.dtype == torch.uint8
+    assert q.tolist() == [0, 3, 3, 5, 5, 4, 255]  # -0.5 -> -0, 0.5 -> 0, 1.5 -> 2, 2.5 -> 2
+
+
+def test_weights_per_channel_symmetric():
+    w = torch.tensor([[0.5, -1.0, 0.25], [2.0, 1.0, -0.01], [0.0, 0.0, 0.0]])
+    w_q, scale = quantize_weight(w)
+    assert scale.tolist() == [1 / 127, 2 / 127, 1.0]
+    assert w_q.tolist() == [[64, -127, 32], [127, 64, -1], [0, 0, 0]]  # 63.5 -> 64, 31.75 -> 32
+
+
+def test_folded_batchnorm_is_bn_of_conv():
+    gen = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(3, 5, 3, padding=1, bias=False).double()
+    bn = randomise(nn.Sequential(nn.BatchNorm2d(5))).double()[0]
+    w, b = fold_batchnorm(conv.weight, None, bn)
+    x = torch.randn(2, 3, 6, 6, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        expected = bn(conv(x))
+    got = F.conv2d(x, w, b, padding=1)
+    assert torch.allclose(got, expected, rtol=0, atol=1e-12)
+
+
+def _int64_conv(q: torch.Tensor, z: int, w_q: torch.Tensor, stride: int, padding: int):
+    """The integer convolution by unfold and an int64 matrix product (padding: q = z)."""
+    n, _, h, w = q.shape
+    o, _, k, _ = w_q.shape
+    centred = F.pad(q.long() - z, [padding] * 4)
+    cols = centred.unfold(2, k, stride).unfold(3, k, stride)  # n, c, oh, ow, k, k
+    oh, ow = cols.shape[2], cols.shape[3]
+    cols = cols.permute(0, 2, 3, 1, 4, 5).reshape(n, oh, ow, -1)
+    return (cols @ w_q.long().reshape(o, -1).T).permute(0, 3, 1, 2)
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this PyTorch has no oneDNN int8 kernels")
+@pytest.mark.parametrize("shape", [
+    (1, 3, 64, 7, 2, 3, 30, 0), (2, 3, 8, 3, 1, 1, 9, 128), (2, 64, 128, 1, 1, 0, 7, 255),
+    (1, 256, 512, 1, 1, 0, 4, 17),
+])  # fmt: skip
+def test_int8_conv_is_exact_integer_arithmetic(shape):
+    n, cin, cout, k, stride, pad, side, z = shape
+    gen = torch.Generator().manual_seed(cin + z)
+    conv = Int8Conv2d(nn.Conv2d(cin, cout, k, stride, pad, bias=False))
+    conv.weight_q.copy_(torch.randint(-127, 128, conv.weight_q.shape, generator=gen))
+    conv.inv_scale.fill_(1.0)
+    conv.zero_point.fill_(z)
+    q = torch.randint(0, 256, (n, cin, side, side), generator=gen)
+    x = (q - z).float()  # scale 1: quantises to q
+    expected = _int64_conv(q, z, conv.weight_q, stride, pad)
+    assert torch.equal(conv(x).double(), expected.double())
+    conv.set_backend("reference")
+    assert torch.equal(conv(x).double(), expected.double())
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this PyTorch has no oneDNN int8 kernels")
+def test_int8_linear_is_exact_integer_arithmetic():
+    gen = torch.Generator().manual_seed(1)
+    fc = Int8Linear(nn.Linear(512, 10))
+    fc.weight_q.copy_(torch.randint(-127, 128, fc.weight_q.shape, generator=gen))
+    fc.zero_point.fill_(200)
+    q = torch.randint(0, 256, (3, 512), generator=gen)
+    expected = (q - 200) @ fc.weight_q.long().T
+    assert torch.equal(fc((q - 200).float()).long(), expected)
+    assert expected.abs().max() > 2**17  # large sums, exact in float32 (below 2**24)
+
+
+def test_dequantize_rounds_twice():
+    d = Dequantize(2)
+    d.multiplier.copy_(torch.tensor([0.1, 3.0]))
+    d.bias.copy_(torch.tensor([1.0, -2.0]))
+    acc = torch.tensor([[7.0, 5.0]])
+    m, b = d.multiplier, d.bias
+    assert torch.equal(d(acc), acc * m + b)
+
+
+def test_sites_are_stem_downsamples_and_classifier():
+    model = create_model("r2b_resnet18", stage="bnn", stem="imagenet", num_classes=10)
+    sites = int8_sites(model)
+    assert len(sites) == 5  # stem conv, three 1x1 downsample convs, fc
+    assert sites[0].batchnorm is not None and sites[-1].batchnorm is None
+
+
+def _calibration(size: int, seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(8, 3, size, size, generator=gen) for _ in range(2)]
+
+
+@pytest.mark.parametrize("name", list_models(binary=True))
+@pytest.mark.parametrize("stem,size", [("imagenet", 64), ("cifar", 32)])
+def test_packed_int8_equals_its_reference(name, stem, size):
+    model = randomise(create_model(name, stage="bnn", stem=stem, num_classes=10), seed=3)
+    calibration = _calibration(size)
+    reference = int8_reference(model, calibration)
+    packed = to_packed(model, "int8", calibration)
+    x = torch.randn(64, 3, size, size, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        expected, got = reference(x), packed(x)
+        exact = to_packed(model)(x)
+    assert torch.equal(got, expected)
+    assert not torch.equal(got, exact)  # the float layers really are quantised
+
+
+def test_int8_file_round_trip(tmp_path):
+    model = randomise(create_model("r2b_resnet18", stage="bnn", stem="imagenet", num_classes=10))
+    packed = to_packed(model, "int8", _calibration(64))
+    size = save(packed, tmp_path / "m.r2b")
+    float_size = save(to_packed(model), tmp_path / "f.r2b")
+    loaded = load(tmp_path / "m.r2b")
+    x = torch.randn(4, 3, 64, 64)
+    assert torch.equal(loaded(x), packed(x))
+    assert loaded.record.float_layers == "int8" and size < float_size
+
+
+def test_int8_needs_calibration_and_a_known_choice():
+    model = create_model("r2b_resnet18", stage="bnn", stem="cifar", num_classes=10)
+    with pytest.raises(UserError, match="calibration images"):
+        to_packed(model, "int8")
+    with pytest.raises(UserError, match="float, int8"):
+        to_packed(model, "fp16")
+    with pytest.raises(UserError, match="needs images"):
+        to_packed(model, "int8", [])

@@ -104,12 +104,7 @@ def test_summary_counts_the_toy(toy, capsys):
     assert main(argv) == 0 and "BOPs" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("stem", [
-    "cifar",
-    pytest.param(TOY_STEM.name, marks=pytest.mark.xfail(raises=AssertionError,
-        reason="train/config.py checks model.stem against its own (imagenet, cifar) list instead "
-        "of the registry's STEMS", strict=False)),
-])  # fmt: skip
+@pytest.mark.parametrize("stem", ["cifar", TOY_STEM.name])
 def test_one_training_step_and_its_checkpoint_export(toy, tmp_path, capsys, stem):
     """``r2b train`` one step on the embedded data, then ``r2b export`` of its checkpoint."""
     config = {

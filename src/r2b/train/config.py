@@ -64,8 +64,6 @@ import yaml
 
 from r2b.errors import UserError
 
-MODEL_STAGES = ("fp", "ban", "bnn")
-ATTENTION_FORMS = ("paper", "larq")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("step", "cosine")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
@@ -98,7 +96,9 @@ class ModelConfig:
 
     @property
     def is_binary_family(self) -> bool:
-        return self.name != "resnet18"
+        from r2b.models import is_binary_family
+
+        return is_binary_family(self.name)
 
 
 @dataclass
@@ -685,13 +685,13 @@ def _validate_name(s: StageConfig, w: str, seen: list[str]) -> None:
 
 def _validate_model(m: ModelConfig, w: str) -> None:
     """A registered model; the binary knobs only for binary families."""
-    from r2b.models import list_models
+    from r2b.models import STAGES, list_models, list_stems
 
     _check_choice(m.name, list_models(), f"{w}.model.name")
-    _check_choice(m.stem, ("imagenet", "cifar"), f"{w}.model.stem")
+    _check_choice(m.stem, list_stems(), f"{w}.model.stem")
     _check(m.width > 0, f"config key {w}.model.width must be positive")
     if m.is_binary_family:
-        _check_choice(m.stage, MODEL_STAGES, f"{w}.model.stage")
+        _check_choice(m.stage, STAGES, f"{w}.model.stage")
         _check_choice(
             m.activation_quantizer,
             ("ste_sign", "approx_sign"),
@@ -719,6 +719,8 @@ def _validate_references(s: StageConfig, w: str, seen: list[str]) -> None:
 
 def _validate_loss(s: StageConfig, w: str) -> None:
     """Weights >= 0, not all 0; distillation and attention terms only with a teacher."""
+    from r2b.losses import ATTENTION_FORMS
+
     _check_choice(s.loss.att_form, ATTENTION_FORMS, f"{w}.loss.att_form")
     _check(s.loss.temperature > 0, f"config key {w}.loss.temperature must be positive")
     for k in ("ce", "kd", "att"):

@@ -80,6 +80,12 @@ TOP1_MOBILENETV2_INT8 = (
     "(torchvision's quantisation-aware int8 MobileNetV2 reaches 71.658)",
 )
 TOP1_R2B = (65.4, "Martinez et al., ICLR 2020, Real-to-Bin ImageNet top-1 (paper)")
+TOP1_R2B_INT8 = (
+    65.4,
+    "Martinez et al., ICLR 2020 (paper), the same network with int8 stem, downsample convs and "
+    "classifier (r2b.packed.int8); its ImageNet accuracy is not measured (CIFAR-10: "
+    "benchmarks/results/int8_accuracy_*)",
+)
 TOP1_R2B_OV = (
     65.4,
     "Martinez et al., ICLR 2020 (paper), the same network; OpenVINO's float parts round "
@@ -105,10 +111,12 @@ ROWS = {
             "openvino", "r2b-openvino.xml", "binary", *TOP1_R2B_OV),
         Row("packed-r2b", "r2b packed Real-to-Bin (ImageNet stem)", "r2b packed",
             "packed", "r2b.r2b", "binary", *TOP1_R2B),
+        Row("packed-r2b-int8", "r2b packed Real-to-Bin, int8 float layers (ImageNet stem)",
+            "r2b packed int8", "packed", "r2b-int8.r2b", "binary", *TOP1_R2B_INT8),
     ]
 }  # fmt: skip
 #: rows measured with OpenMP threads spinning and sleeping (all others: OMP_WAIT_POLICY=ACTIVE)
-OMP_ROWS = ("packed-r2b",)
+OMP_ROWS = ("packed-r2b", "packed-r2b-int8")
 
 
 @dataclass(frozen=True)
@@ -387,6 +395,18 @@ class _ArtifactBuild:
         save(packed, self.work_dir / "r2b.r2b")
         self.files["r2b.r2b"] = self.work_dir / "r2b.r2b"
 
+    def r2b_packed_int8(self, binary, seed: int) -> None:
+        """``r2b-int8.r2b``: the same network with int8 float layers, calibrated on the int8
+        references' calibration images."""
+        import torch
+
+        from r2b.packed import save, to_packed
+
+        calibration = [torch.from_numpy(x) for x in self.calibration()]
+        packed = to_packed(self.binary(binary, seed), "int8", calibration)
+        save(packed, self.work_dir / "r2b-int8.r2b")
+        self.files["r2b-int8.r2b"] = self.work_dir / "r2b-int8.r2b"
+
     def r2b_openvino(self, binary, seed: int) -> None:
         """``r2b-openvino.xml`` and its agreement with the float model; a failure skips the row."""
         name = "r2b-openvino.xml"
@@ -431,6 +451,8 @@ def build_artifacts(
         build.reference_net(net, wanted, float_model, seed)
     if "r2b.r2b" in wanted:
         build.r2b_packed(binary, packed, seed)
+    if "r2b-int8.r2b" in wanted:
+        build.r2b_packed_int8(binary, seed)
     if "r2b-openvino.xml" in wanted:
         build.r2b_openvino(binary, seed)
     build.save_manifest()
@@ -780,7 +802,7 @@ def contention_summary(results: list[dict]) -> list[dict]:
                          "slowdown": r["median_ms"] / twin["median_ms"]})  # fmt: skip
     by = {(s["row"], s["omp"], s["batch"], s["threads"]): s["slowdown"] for s in rows}
     for s in list(rows):
-        if s["row"] != "packed-r2b":
+        if s["row"] not in OMP_ROWS:
             continue
         for ref in ("ov-int8-resnet18", "ov-r2b"):
             other = by.get((ref, "active", s["batch"], s["threads"]))

@@ -28,6 +28,7 @@ from r2b.models.spec import BinaryNetSpec
 from r2b.packed.bitpack import pack_weight
 from r2b.packed.int8 import Dequantize, Int8Conv2d, has_int8_layers, int8_model
 from r2b.packed.layers import PackedBinaryConv2d, PackedHalfBlock, PackedStem
+from r2b.packed.threads import ThreadPolicy
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,9 @@ class PackedResNet(nn.Module):
         self.halves = nn.ModuleList(halves)
         #: what ``r2b.packed.save`` writes (set by ``assemble``)
         self.record = PackedRecord()
+        #: the kernels' thread count per pass (``r2b.packed.threads``); ``None``: always
+        #: PyTorch's setting
+        self.thread_policy: ThreadPolicy | None = ThreadPolicy()
         self.eval()
 
     def binary_convs(self) -> list[PackedBinaryConv2d]:
@@ -97,13 +101,20 @@ class PackedResNet(nn.Module):
         if x.device.type != "cpu":
             raise UserError("the packed engine runs on the CPU; pass a CPU tensor (x.cpu())")
         with torch.inference_mode():
-            x = self.stem(x.to(torch.float32).contiguous())
-            halves = list(self.halves)
-            xp, y = halves[0].prepare(x)
-            for i, half in enumerate(halves):
-                nxt = halves[i + 1] if i + 1 < len(halves) else None
-                x, xp, y = half.run(x, xp, y, nxt)
-            return self.fc(torch.flatten(self.pool(x), 1))
+            x = x.to(torch.float32).contiguous()
+            if self.thread_policy is None:
+                return self._forward(x)
+            top = torch.get_num_threads()
+            return self.thread_policy.run(tuple(x.shape), top, lambda: self._forward(x))
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        halves = list(self.halves)
+        xp, y = halves[0].prepare(x)
+        for i, half in enumerate(halves):
+            nxt = halves[i + 1] if i + 1 < len(halves) else None
+            x, xp, y = half.run(x, xp, y, nxt)
+        return self.fc(torch.flatten(self.pool(x), 1))
 
     def train(self, mode: bool = True) -> PackedResNet:
         if mode:

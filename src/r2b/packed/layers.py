@@ -31,7 +31,7 @@ from r2b.packed import kernels
 from r2b.packed.batchnorm import probe_affine
 from r2b.packed.bitpack import kernel_layout, n_words, pack_bits
 from r2b.packed.kernels import BN_NONE
-from r2b.packed.parallel import launch_info
+from r2b.packed.parallel import kernel_threads, launch_info
 
 _NO_F32_1D = np.zeros(1, np.float32)
 _NO_F32_4D = np.zeros((1, 1, 1, 1), np.float32)
@@ -43,10 +43,11 @@ _LAUNCH: dict[tuple[str, int], tuple] = {}
 
 def _launch(name: str) -> tuple[int, int, int, int, int]:
     """Launch arguments of kernel ``name`` for the current thread count (cached)."""
-    key = (name, torch.get_num_threads())
+    threads = kernel_threads()
+    key = (name, threads)
     info = _LAUNCH.get(key)
     if info is None:
-        info = _LAUNCH[key] = launch_info(kernels.worker_address(name))
+        info = _LAUNCH[key] = launch_info(kernels.worker_address(name), threads)
     return info
 
 

@@ -64,11 +64,28 @@ def _openmp_candidates() -> list[str]:
 MIN_PARALLEL_NS = {"passive": 60_000, "default": 15_000}
 
 
-def launch_info(worker_address: int) -> tuple[int, int, int, int, int]:
+def launch_info(worker_address: int, threads: int | None = None) -> tuple[int, int, int, int, int]:
     """``(GOMP_parallel, omp_get_thread_num, worker, threads, min_parallel_ns)`` for the
-    kernels' launcher."""
+    kernels' launcher; ``threads`` defaults to ``kernel_threads()``."""
     par, tid = openmp_entry_points()
-    return par, tid, worker_address, max(1, torch.get_num_threads()), _min_parallel_ns()
+    threads = kernel_threads() if threads is None else threads
+    return par, tid, worker_address, max(1, threads), _min_parallel_ns()
+
+
+_KERNEL_THREADS: int | None = None
+
+
+def kernel_threads() -> int:
+    """Threads of r2b's compiled kernels: PyTorch's setting, unless a ``ThreadPolicy``
+    (``r2b.packed.threads``) lowered it for the current pass. The kernels' results do not depend
+    on it; PyTorch's own ops always run at PyTorch's setting (their results can depend on it)."""
+    return _KERNEL_THREADS if _KERNEL_THREADS is not None else torch.get_num_threads()
+
+
+def set_kernel_threads(threads: int | None) -> None:
+    """Override ``kernel_threads()`` (``None``: back to PyTorch's setting)."""
+    global _KERNEL_THREADS
+    _KERNEL_THREADS = threads
 
 
 @lru_cache(maxsize=1)

@@ -1,6 +1,7 @@
-"""Test helpers shared by the packed-engine tests and the toy-family test: which binary networks
-to check (every registered family with every registered stem, read from the registry when called,
-so a family or stem registered later is in the list) and the two bit-for-bit checks of a packed
+"""Test helpers shared by the packed-engine tests and the registry's toy-family test: the float
+training graph's binary conv (what a packed conv must equal), which binary networks to check
+(every registered family with every registered stem, read from the registry when called, so a
+family or stem registered later is in the list) and the two bit-for-bit checks of a packed
 network against its float model."""
 
 from __future__ import annotations
@@ -17,6 +18,15 @@ from r2b.packed import to_packed
 WIDTHS = (0.25, 0.2)
 #: The map entering the last stage is at least this side (a 2x2 map: its corners and its pads).
 LAST_STAGE_MULTIPLE = 16
+
+
+def sign(t: torch.Tensor) -> torch.Tensor:
+    return torch.where(t >= 0, 1.0, -1.0)
+
+
+def float_binary_conv(y, w, stride, pad, pad_value):
+    """The training graph's binary conv: conv2d(pad(sign(y), pad_value), sign(w))."""
+    return F.conv2d(F.pad(sign(y), [pad] * 4, value=pad_value), sign(w), stride=stride)
 
 
 def randomise(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -1,5 +1,6 @@
-"""r2b.lce without LCE itself: the file's structure, the bit layout, padding plans and errors
-(the checks in LCE's interpreter are in test_lce_interpreter.py)."""
+"""r2b.lce without LCE itself: the file's structure, the bit layout and errors (padding plans are
+in test_lce_convert.py, the flatbuffer writer in test_lce_tflite.py, the checks in LCE's
+interpreter in test_lce_check.py)."""
 
 import json
 
@@ -12,8 +13,8 @@ pytest.importorskip("flatbuffers", reason="r2b.lce needs the [lce] extra (flatbu
 from r2b.errors import UserError
 from r2b.lce import PROBES, export, pack_filter, read
 from r2b.lce.check import randomize_
-from r2b.lce.convert import _plan_dim, bn_affine
-from r2b.lce.tflite import Graph, flexbuffer_map, op_histogram, serialize
+from r2b.lce.convert import bn_affine
+from r2b.lce.tflite import op_histogram
 from r2b.models import create_model, list_models
 from r2b.quantizers import weight_signs
 
@@ -48,27 +49,6 @@ def test_pack_filter_layout_and_sign_convention():
     assert not bits[..., 40:].any()  # unused bits are 0
     signs = weight_signs(w, False)[0].permute(0, 2, 3, 1).numpy()  # r2b's sign(W), sign(0) = +1
     np.testing.assert_array_equal(1 - 2 * bits[..., :40], signs)
-
-
-@pytest.mark.parametrize(
-    "n, k, s, p, mode",
-    [
-        (32, 3, 1, 1, "SAME"),  # stride 1: TFLite's SAME pads 1 and 1, as PyTorch
-        (32, 3, 2, 1, "PAD"),  # even size, stride 2: PyTorch reads the top row of padding
-        (7, 3, 2, 1, "SAME"),  # odd size, stride 2: both pad 1 and 1
-        (224, 7, 2, 3, "PAD"),  # the ImageNet stem: PyTorch 3 before, SAME 2
-        (225, 7, 2, 3, "SAME"),
-        (112, 3, 2, 1, "PAD"),  # the stem max-pool at 224
-        (8, 2, 2, 0, "VALID"),  # the shortcut's average pool
-        (5, 1, 1, 0, "VALID"),
-    ],
-)
-def test_padding_plan(n, k, s, p, mode):
-    got, before, after, out = _plan_dim(n, k, s, p)
-    assert got == mode
-    assert out == (n + 2 * p - k) // s + 1
-    if mode == "PAD":
-        assert before == p and (n + before + after - k) // s + 1 == out
 
 
 @pytest.mark.parametrize("stem, size", STEMS)
@@ -128,27 +108,6 @@ def test_probes_add_outputs_only(tmp_path):
     assert len(probed["probes"]) == 16 * len(PROBES)
     g = read((tmp_path / "q.tflite").read_bytes())
     assert len(g["outputs"]) == 1 + 16 * len(PROBES)
-
-
-def test_writer_reader_round_trip():
-    g = Graph()
-    x = g.tensor("x", (1, 4, 4, 2))
-    w = g.const("w", np.arange(2 * 3 * 3 * 2, dtype=np.float32).reshape(2, 3, 3, 2))
-    b = g.const("b", np.zeros(2))
-    y = g.tensor("y", (1, 2, 2, 2))
-    g.op("CONV_2D", [x, w, b], [y], "Conv2DOptions", padding=1, stride_w=2, stride_h=2)
-    z = g.tensor("z", (1, 2, 2, 2), np.int32)
-    g.op("LceQuantize", [y], [z], custom_options=None)
-    g.op("MyOp", [z], [z], custom_options=flexbuffer_map({"b": 2, "a": 1}))
-    g.inputs, g.outputs = [x], [z]
-    r = read(serialize(g, "hello", {"k": b"v"}))
-    assert r["description"] == "hello" and r["metadata"] == {"k": b"v"} and r["version"] == 3
-    assert [op["code"] for op in r["ops"]] == ["CONV_2D", "LceQuantize", "MyOp"]
-    assert r["ops"][0]["options"]["stride_h"] == 2 and r["ops"][0]["options"]["padding"] == 1
-    assert r["ops"][0]["options"]["dilation_w_factor"] == 1  # the schema default
-    assert r["ops"][2]["options"] == {"a": 1, "b": 2}
-    np.testing.assert_array_equal(r["tensors"][1]["data"], g.tensors[1].data)
-    assert r["tensors"][2]["data"] is not None and r["tensors"][0]["data"] is None
 
 
 def test_not_bnn_is_one_line_error(tmp_path):

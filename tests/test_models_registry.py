@@ -1,4 +1,5 @@
-"""The registry owns the model facts: a family and a stem registered here, in the registry and
+"""The registry (r2b.models.registry): the families it lists, models rebuilt from their ``arch``
+records, and the model facts it owns: a family and a stem registered here, in the registry and
 with the model module's generic blocks only, go through every consumer without an edit there.
 
 The toy family combines half-block parts no registered family does (ReActNet's learned shift
@@ -27,6 +28,7 @@ from r2b.models import (
     input_size_problem,
     list_models,
     list_stems,
+    model_from_arch,
     register_model,
     register_stem,
     temporary_registrations,
@@ -35,6 +37,8 @@ from r2b.models.resnet import BinaryResNet18, HalfBlockDesign
 from r2b.packed import load, save, to_packed
 from r2b.summary import summarize
 
+#: the families as shipped, read before the toy fixture registers one
+BINARY = list_models(binary=True)
 TOY = "toy_resnet18"
 TOY_STEM = StemDesign("toy5x5", kernel=5, stride=2, max_pool=False, input_size=32)
 TOY_DESIGN = HalfBlockDesign(pre="shift", scaling="scale", post_bn=False, act="rprelu")
@@ -191,3 +195,22 @@ def test_openvino_export(toy, tmp_path):
     assert info["binary_convs"] == 16 and info["input_shape"][-1] == 32  # the stem's default
     check = r2b_openvino.check_export(model, info["xml"], n_inputs=64)
     assert check["binary_convolutions"] == 16 and check["top1_equal"] >= 60
+
+
+def test_registry_lists_the_families():
+    assert set(BINARY) == {"sb_resnet18", "r2b_resnet18", "bireal_resnet18", "reactnet_resnet18"}
+    assert list_models(binary=False) == ["resnet18"]
+    with pytest.raises(ValueError, match="unknown model"):
+        create_model("vgg")
+
+
+def test_model_from_arch_rebuilds_and_names_bad_records():
+    model = create_model("reactnet_resnet18", stem="cifar", width=0.125, num_classes=3)
+    again = model_from_arch(model.arch)
+    assert again.arch == model.arch
+    assert list(again.state_dict()) == list(model.state_dict())
+    for bad, match in (([], "not a dict"), ({"stem": "cifar"}, "not a dict"),
+                       ({"name": "vgg"}, "unknown model"),
+                       ({"name": "sb_resnet18", "depth": 50}, "no such arguments")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            model_from_arch(bad)

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from common import REPO, git_commit, machine, unpack_cifar10
 
+from r2b.train.run_folder import RunFolder, StageFolder
+
 CONFIG = REPO / "configs" / "cifar10" / "r2b.yaml"
 
 
@@ -42,9 +44,9 @@ def overrides(args, data: Path) -> list[str]:
     return sets + args.set
 
 
-def train_images_per_s(stage_dir: Path, n_train: int) -> float | None:
+def train_images_per_s(stage: StageFolder, n_train: int) -> float | None:
     """Training images/s of a stage from its metrics.csv (``train_s`` if logged, else time_s)."""
-    rows = list(csv.DictReader((stage_dir / "metrics.csv").open()))
+    rows = list(csv.DictReader(stage.metrics.open()))
     key = "train_s" if rows and rows[0].get("train_s") else "time_s"
     seconds = sum(float(r[key]) for r in rows if r.get(key))
     return n_train * len(rows) / seconds if seconds else None
@@ -73,11 +75,12 @@ def main() -> None:
     cmd += [a for s in overrides(args, data) for a in ("--set", s)]
     print("$", shlex.join(cmd), flush=True)
     subprocess.run(cmd, check=True)
-    res = json.loads((args.out / "results.json").read_text())
+    run = RunFolder(args.out)
+    res = json.loads(run.results.read_text())
     n_train = res["data"]["train_images"]
     stages = []
     for s in res["stages"]:
-        ips = train_images_per_s(args.out / s["dir"], n_train)
+        ips = train_images_per_s(run.stage(s["dir"]), n_train)
         stages.append({k: s[k] for k in ("name", "variant", "epochs", "top1", "top5", "seconds")})
         stages[-1]["train_images_per_s"] = round(ips, 1) if ips else None
     record = {

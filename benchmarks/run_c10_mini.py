@@ -3,16 +3,27 @@
     python benchmarks/run_c10_mini.py                 # 2 seeds, CPU, resumes where it stopped
     python benchmarks/run_c10_mini.py --parallel 2    # seeds side by side (a GPU machine)
     python benchmarks/run_c10_mini.py --pipeline families   # the Bi-Real Net and ReActNet rows
+    python benchmarks/run_c10_mini.py --pipeline converged  # SB at N and 2N epochs, Real-to-Bin
+    python benchmarks/run_c10_mini.py --tables-only --trained-at COMMIT   # tables of done runs
 
-Each seed is one ``r2b train`` pipeline (benchmarks/c10_mini/pipeline.yaml) in
-``--runs/seed<S>``; a killed benchmark continues with ``--resume`` on the next call, stage by
-stage and epoch by epoch. When every seed has finished it writes, from the runs' results.json:
+Each seed is one ``r2b train`` pipeline (benchmarks/c10_mini/*.yaml) in ``--runs/seed<S>``; a
+killed benchmark continues with ``--resume`` on the next call, stage by stage and epoch by epoch,
+and a seed whose every stage has finished is not started again. Each sitting that trains appends
+its commit, machine and load average to ``--runs/sittings.json``. When every seed has finished it
+writes, from the runs' results.json (``RunFolder``):
 
-- ``benchmarks/results/c10_mini.json``  per row, per stage, per seed: top-1/top-5, seconds, with
-  the exact command, git commit and machine;
-- ``benchmarks/results/c10_mini.md``    the table (mean +- half-range over seeds) beside the
-  paper's CIFAR-100 numbers, with each binary row's gap to the real net;
-- ``benchmarks/results/c10_mini.png``   per-stage accuracies of every row.
+- ``benchmarks/results/<name>.json``  per row, per stage, per seed: the test top-1/top-5 of the
+  checkpoint selected by best validation top-1 (the ``best.safetensors`` later stages use), its
+  validation top-1 and epoch, the last epoch's test top-1/top-5, seconds; Real-to-Bin's margins
+  over the strong-baseline rows; the commit the runs were trained at, the commit, machine and
+  load average that wrote the tables, the command;
+- ``benchmarks/results/<name>.md``    the table (mean ± half-range over seeds) beside the paper's
+  CIFAR-100 numbers, with the selection rule, the margins per seed and, for ``converged``,
+  whether doubling the strong baseline's epochs still raised its validation top-1;
+- ``benchmarks/results/<name>.png``   per-stage accuracies of every row.
+
+Runs without a validation split (older ones) are reported by the last epoch's test top-1, and
+the table says so.
 
 Data: ``--data`` is a folder with train/ and test/ class folders; by default the CIFAR-10 JPEG
 archives of ../shared/data are unpacked into /tmp/r2b-cifar10 once (``benchmarks/common.py``).
@@ -22,17 +33,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
+import yaml
 from common import git_commit, machine, unpack_cifar10
+
+from r2b.train.run_folder import RunFolder
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results"
+#: in ``--runs``: one record per sitting that trained (commit, machine, seeds, load average)
+SITTINGS_FILE = "sittings.json"
 
 #: Table rows: (label, stages in order, paper CIFAR-100 stage-1 -> stage-2 top-1 of Table 3).
 ROWS = [
@@ -60,12 +79,36 @@ CONVERGED_ROWS = [
     ("Real-to-Bin", ["r2b_fp", "r2b_ban", "r2b_bnn"], (76.5, 76.2)),
 ]
 
-#: ``--pipeline``: (config, rows, results name).
+
+class Pipeline(NamedTuple):
+    """One ``--pipeline``: its config, table rows and results name; the margins the table
+    states (final stage of a row minus final stage of another); for the converged protocol, the
+    final stages of the strong baseline at N and at 2N epochs."""
+
+    config: Path
+    rows: list
+    name: str
+    margins: tuple[tuple[str, str], ...] = ()
+    doubled: tuple[str, str] | None = None
+    title: str = ""
+
+
 PIPELINES = {
-    "table3": (HERE / "c10_mini" / "pipeline.yaml", ROWS, "c10_mini"),
-    "families": (HERE / "c10_mini" / "families.yaml", FAMILY_ROWS, "c10_mini_families"),
-    "converged": (HERE / "c10_mini" / "converged.yaml", CONVERGED_ROWS, "c10_converged"),
-}
+    "table3": Pipeline(
+        HERE / "c10_mini" / "pipeline.yaml", ROWS, "c10_mini",
+        margins=(("r2b_bnn", "sb_bnn"), ("r2b_bnn", "sb15_bnn")),
+    ),
+    "families": Pipeline(HERE / "c10_mini" / "families.yaml", FAMILY_ROWS, "c10_mini_families"),
+    "converged": Pipeline(
+        HERE / "c10_mini" / "converged.yaml", CONVERGED_ROWS, "c10_converged",
+        margins=(("r2b_bnn", "sb_bnn"), ("r2b_bnn", "sb2n_bnn")),
+        doubled=("sb_bnn", "sb2n_bnn"),
+        title="Converged protocol (benchmarks/c10_mini/converged.yaml)",
+    ),
+}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------ training
 
 
 def train_command(
@@ -73,16 +116,57 @@ def train_command(
 ) -> list[str]:
     """The ``r2b train`` call for one seed: a new run, or ``--resume`` of a started one."""
     cmd = [sys.executable, "-m", "r2b.cli", "train", "--out", str(run_dir)]
-    if (run_dir / "config.yaml").is_file():
+    if RunFolder(run_dir).config.is_file():
         return cmd + ["--resume"]
     sets = [f"seed={seed}", f"data.root={data}", *extra]
     return cmd + ["--config", str(config)] + [a for s in sets for a in ("--set", s)]
 
 
+def run_finished(run_dir: Path) -> bool:
+    """Whether every stage of the run in ``run_dir`` has finished."""
+    run = RunFolder(run_dir)
+    if not (run.config.is_file() and run.results.is_file()):
+        return False
+    stages = yaml.safe_load(run.config.read_text()).get("stages") or []
+    return all(run.stage(s["name"]).finished() for s in stages)
+
+
+class Sitting:
+    """This call's record in ``--runs/sittings.json``: the commit and machine that trained which
+    seeds, and the 1-minute load average sampled while they trained."""
+
+    def __init__(self, runs: Path, seeds: list[int]) -> None:
+        self.path = runs / SITTINGS_FILE
+        self.records = json.loads(self.path.read_text()) if self.path.is_file() else []
+        self.start = time.time()
+        self.loads = [os.getloadavg()[0]]
+        self.records.append({
+            "commit": git_commit(), "machine": machine(), "seeds": seeds,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.start)),
+        })  # fmt: skip
+        self.save()
+
+    def sample(self) -> None:
+        self.loads.append(os.getloadavg()[0])
+
+    def save(self) -> None:
+        self.records[-1] |= {
+            "seconds": round(time.time() - self.start, 1),
+            "load_1min": {"samples": len(self.loads), "mean": round(_mean(self.loads), 2),
+                          "max": round(max(self.loads), 2)},
+        }  # fmt: skip
+        self.path.write_text(json.dumps(self.records, indent=2) + "\n")
+
+
 def run_seeds(args, data: Path) -> None:
-    """Train every seed, ``args.parallel`` at a time; each logs to ``seed<S>.log``."""
-    pending = list(args.seeds)
+    """Train every seed that has not finished, ``args.parallel`` at a time; each logs to
+    ``seed<S>.log``."""
+    pending = [s for s in args.seeds if not run_finished(args.runs / f"seed{s}")]
+    if not pending:
+        return
+    sitting = Sitting(args.runs, pending)
     running: list[tuple[int, subprocess.Popen]] = []
+    polls = 0
     while pending or running:
         while pending and len(running) < args.parallel:
             seed = pending.pop(0)
@@ -92,60 +176,230 @@ def run_seeds(args, data: Path) -> None:
             log = open(args.runs / f"seed{seed}.log", "a")
             running.append((seed, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)))
         time.sleep(2)
+        polls += 1
+        if polls % 30 == 0:  # about once a minute
+            sitting.sample()
+            sitting.save()
         for seed, proc in list(running):
             if proc.poll() is not None:
                 running.remove((seed, proc))
                 print(f"seed {seed}: exit {proc.returncode}", flush=True)
                 if proc.returncode != 0:
+                    sitting.save()
                     sys.exit(f"error: seed {seed} failed; see {args.runs}/seed{seed}.log")
+    sitting.save()
 
 
-def collect(args) -> dict:
-    """Per row, per stage, per seed results from the runs' results.json files."""
-    per_seed = {}
-    for seed in args.seeds:
-        res = json.loads((args.runs / f"seed{seed}" / "results.json").read_text())
-        per_seed[seed] = {s["name"]: s for s in res["stages"]}
-    rows = []
-    for label, stages, paper in args.rows:
-        rows.append({
-            "row": label,
-            "paper_cifar100_top1": list(paper),
-            "stages": [
-                {
-                    "stage": name,
-                    "variant": per_seed[args.seeds[0]][name].get("variant"),
-                    "top1": [per_seed[s][name]["top1"] for s in args.seeds],
-                    "top5": [per_seed[s][name]["top5"] for s in args.seeds],
-                    "best_top1": [per_seed[s][name]["best_top1"] for s in args.seeds],
-                    "seconds": [per_seed[s][name]["seconds"] for s in args.seeds],
-                }
-                for name in stages
-            ],
-        })  # fmt: skip
+# ------------------------------------------------------------------------------------ collecting
+
+
+def _load_runs(runs: Path, seeds: list[int]) -> dict[int, dict]:
+    """Per seed: its results.json and its saved config."""
+    out = {}
+    for seed in seeds:
+        run = RunFolder(runs / f"seed{seed}")
+        if not run.results.is_file():
+            sys.exit(f"error: {run.results} is missing: seed {seed} has not run; train it first")
+        out[seed] = {
+            "results": json.loads(run.results.read_text()),
+            "config": yaml.safe_load(run.config.read_text()) if run.config.is_file() else {},
+        }
+    return out
+
+
+def _stage_entry(name: str, records: list[dict]) -> dict:
+    """One stage over the seeds: the reported figure is the test top-1 of the validation-selected
+    checkpoint when the runs had a validation split, else the last epoch's test top-1."""
+    on_val = {r.get("selected_on", "test") == "val" for r in records}
+    if len(on_val) > 1:
+        sys.exit(f"error: stage {name}: some seeds were selected on validation, some not")
+    val = on_val.pop()
+
+    def per_seed(key: str) -> list:
+        return [r.get(key) for r in records]
+
     return {
-        "benchmark": "c10_mini",
-        "config": str(args.config.relative_to(REPO)),
-        "command": args.command,
-        "commit": git_commit(),
-        "machine": machine(),
-        "seeds": args.seeds,
-        "metric": "top-1/top-5 (%) on the CIFAR-10 test split after each stage's last epoch",
-        "device": json.loads((args.runs / f"seed{args.seeds[0]}" / "results.json").read_text()).get(
-            "device"
-        ),
-        "rows": rows,
+        "stage": name,
+        "variant": records[0].get("variant"),
+        "epochs": records[0].get("epochs"),
+        "selected_on": "val" if val else "last epoch",
+        "test_top1": per_seed("best_top1" if val else "top1"),
+        "test_top5": per_seed("best_top5" if val else "top5"),
+        "val_top1": per_seed("best_val_top1") if val else None,
+        "selected_epoch": per_seed("best_epoch" if val else "epochs"),
+        "last_top1": per_seed("top1"),
+        "last_top5": per_seed("top5"),
+        "seconds": per_seed("seconds"),
     }
 
 
-def _mean_spread(values: list[float]) -> str:
-    mean = sum(values) / len(values)
-    half = (max(values) - min(values)) / 2
-    return f"{mean:.2f} ± {half:.2f}"
+def _rows(rows: list, seeds: list[int], runs: dict[int, dict]) -> list[dict]:
+    by_name = {s: {r["name"]: r for r in runs[s]["results"]["stages"]} for s in seeds}
+    out = []
+    for label, stages, paper in rows:
+        for seed in seeds:
+            missing = [n for n in stages if n not in by_name[seed]]
+            if missing:
+                sys.exit(f"error: seed {seed} has not finished stage(s) {', '.join(missing)}")
+        out.append({
+            "row": label,
+            "paper_cifar100_top1": list(paper),
+            "stages": [_stage_entry(n, [by_name[s][n] for s in seeds]) for n in stages],
+        })  # fmt: skip
+    return out
+
+
+def _final(rows: list[dict]) -> dict[str, tuple[str, dict]]:
+    """Each row's final stage by its name: (row label, stage entry)."""
+    return {r["stages"][-1]["stage"]: (r["row"], r["stages"][-1]) for r in rows}
+
+
+def _differences(a: list | None, b: list | None) -> list[float] | None:
+    if a is None or b is None:
+        return None
+    return [round(x - y, 2) for x, y in zip(a, b)]
+
+
+def _margins(rows: list[dict], pairs) -> list[dict]:
+    """Final stage of one row minus final stage of another, per seed, on test and validation."""
+    final = _final(rows)
+    out = []
+    for of, over in pairs:
+        if of in final and over in final:
+            (a_row, a), (b_row, b) = final[of], final[over]
+            out.append({
+                "of": a_row, "over": b_row, "stages": [of, over],
+                "test_top1": _differences(a["test_top1"], b["test_top1"]),
+                "val_top1": _differences(a["val_top1"], b["val_top1"]),
+            })  # fmt: skip
+    return out
+
+
+def _half_range(values: list[float]) -> float:
+    return (max(values) - min(values)) / 2
+
+
+def _doubling(rows: list[dict], doubled: tuple[str, str] | None) -> dict | None:
+    """The converged test: the strong baseline at 2N vs N epochs a stage, on validation top-1.
+    Converged when the mean rise is no more than the seeds' spread (the larger half-range of
+    the two rows' validation top-1)."""
+    final = _final(rows)
+    if doubled is None or not all(n in final for n in doubled):
+        return None
+    (n_row, n), (m_row, m) = final[doubled[0]], final[doubled[1]]
+    if n["val_top1"] is None or m["val_top1"] is None:
+        return None
+    rise = _differences(m["val_top1"], n["val_top1"])
+    spread = max(_half_range(n["val_top1"]), _half_range(m["val_top1"]))
+    return {
+        "n": {"row": n_row, "stage": doubled[0], "epochs": n["epochs"], "val_top1": n["val_top1"]},
+        "2n": {"row": m_row, "stage": doubled[1], "epochs": m["epochs"], "val_top1": m["val_top1"]},
+        "rise": rise,
+        "mean_rise": round(_mean(rise), 2),
+        "seeds_half_range": round(spread, 2),
+        "converged": _mean(rise) <= spread,
+    }
+
+
+def _protocol(runs: dict[int, dict], rows: list[dict]) -> dict:
+    """Data and model of the runs (first seed): images per split, validation fraction, limits,
+    stem and width, epochs per stage."""
+    first = runs[min(runs)]
+    data, cfg = first["results"].get("data", {}), first["config"]
+    model = (cfg.get("stages") or [{}])[0].get("model", {})
+    return {
+        "dataset": first["results"].get("dataset"),
+        "num_classes": data.get("num_classes"),
+        "train_images": data.get("train_images"),
+        "val_images": data.get("val_images"),
+        "test_images": data.get("test_images"),
+        "val_fraction": cfg.get("data", {}).get("val_fraction"),
+        "train_limit": cfg.get("data", {}).get("train_limit"),
+        "stem": model.get("stem"),
+        "width": model.get("width"),
+        "epochs": {s["stage"]: s["epochs"] for r in rows for s in r["stages"]},
+    }
+
+
+def resolve_commit(ref: str) -> str:
+    """The full hash of a commit named by ``ref``; exits when git does not know it."""
+    out = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+                         cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    if out.returncode != 0:
+        sys.exit(f"error: --trained-at {ref}: not a commit of this repository")
+    return out.stdout.strip()
+
+
+def _trained_at(args) -> dict:
+    """The commit(s) the runs were trained at and where that comes from."""
+    if getattr(args, "trained_at", None):
+        return {"commits": [args.trained_at], "source": "--trained-at"}
+    path = args.runs / SITTINGS_FILE
+    sittings = json.loads(path.read_text()) if path.is_file() else []
+    commits = [s["commit"] for s in sittings if set(s["seeds"]) & set(args.seeds)]
+    if commits:
+        return {
+            "commits": list(dict.fromkeys(commits)),
+            "source": f"--runs/{SITTINGS_FILE}",
+            "sittings": sittings,
+        }
+    return {
+        "commits": [git_commit()],
+        "source": "assumed: the commit that wrote the tables (no record; pass --trained-at)",
+    }
+
+
+def collect(args) -> dict:
+    """Per row, per stage, per seed results from the runs' results.json files, with the
+    margins, the converged test and the provenance."""
+    pipeline = PIPELINES[getattr(args, "pipeline", None) or "table3"]
+    runs = _load_runs(args.runs, args.seeds)
+    rows = _rows(args.rows, args.seeds, runs)
+    selection = {s["selected_on"] for r in rows for s in r["stages"]}
+    if len(selection) > 1:
+        sys.exit("error: some stages were selected on validation, some not; one protocol a table")
+    selected = selection.pop()
+    metric = (
+        "CIFAR-10 test top-1/top-5 (%) of the epoch of best validation top-1 (the checkpoint "
+        "later stages use); val_top1 is that epoch's validation top-1"
+        if selected == "val"
+        else "CIFAR-10 test top-1/top-5 (%) after each stage's last epoch (no validation split)"
+    )
+    return {
+        "benchmark": pipeline.name,
+        "title": pipeline.title,
+        "config": str(args.config.relative_to(REPO)),
+        "command": args.command,
+        "trained_at": _trained_at(args),
+        "commit": git_commit(),
+        "machine": machine(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+        "provenance_note": "commit, machine and load_average: where and when the tables were "
+        "written; trained_at: the commit the runs were trained at",
+        "device": runs[args.seeds[0]]["results"].get("device"),
+        "seeds": args.seeds,
+        "selection": selected,
+        "metric": metric,
+        "protocol": _protocol(runs, rows),
+        "rows": rows,
+        "margins": _margins(rows, pipeline.margins),
+        "converged": _doubling(rows, pipeline.doubled),
+    }
+
+
+# ------------------------------------------------------------------------------------ the table
 
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
+
+
+def _mean_spread(values: list[float]) -> str:
+    return f"{_mean(values):.2f} ± {_half_range(values):.2f}"
+
+
+def _per_seed(seeds: list[int], values: list[float], fmt: str = "+.2f") -> str:
+    return ", ".join(f"seed {s}: {v:{fmt}}" for s, v in zip(seeds, values))
 
 
 def _training_seconds(result: dict) -> list[float]:
@@ -154,43 +408,177 @@ def _training_seconds(result: dict) -> list[float]:
     return [sum(s["seconds"][i] for s in stages) for i in range(len(result["seeds"]))]
 
 
-def markdown(result: dict) -> str:
-    """The results table: every stage's top-1, the final stage's gap to the real net."""
-    real = _mean(result["rows"][0]["stages"][0]["top1"])
+def _epochs_text(result: dict) -> str:
+    """'5 epochs a stage (SB, compute-matched (15 epochs): 10 + 5)'."""
+    epochs = result["protocol"]["epochs"]
+    base = Counter(epochs.values()).most_common(1)[0][0]
+    other = [
+        f"{r['row']}: {' + '.join(str(s['epochs']) for s in r['stages'])}"
+        for r in result["rows"]
+        if any(s["epochs"] != base for s in r["stages"])
+    ]
+    return f"{base} epochs a stage" + (f" ({'; '.join(other)})" if other else "")
+
+
+def _data_text(p: dict) -> str:
+    """'31,500 train / 3,500 validation / 10,000 test JPEGs (validation: 10% of ...)'."""
+    if not p["val_images"]:
+        return f"{p['train_images']:,} train / {p['test_images']:,} test JPEGs, no validation split"
+    limit = ""
+    if p["train_limit"] and p["num_classes"]:
+        limit = f"{p['train_limit'] // p['num_classes']:,} images a class: "
+    return (
+        f"{limit}{p['train_images']:,} train / {p['val_images']:,} validation / "
+        f"{p['test_images']:,} test JPEGs (validation: {p['val_fraction']:.0%} of each class's "
+        "training images, fixed by the seed)"
+    )
+
+
+def _caption(result: dict) -> list[str]:
+    """The protocol, the selection rule and the provenance."""
+    p = result["protocol"]
+    head = f"{result['title']}: " if result.get("title") else ""
+    if result["selection"] == "val":
+        rule = (
+            "Selection: every stage's checkpoint (best.safetensors: the teacher and init of "
+            "later stages) is the epoch of best validation top-1; cells are the CIFAR-10 test "
+            "top-1 % of that checkpoint, mean ± half-range over seeds; test selects nothing."
+        )
+    else:
+        rule = (
+            "Selection: these runs have no validation split, so cells are the test top-1 % after "
+            "each stage's last epoch (their teachers and inits were the best epoch on test), "
+            "mean ± half-range over seeds."
+        )
+    trained = ", ".join(c[:10] for c in result["trained_at"]["commits"])
+    load = " ".join(f"{v:.2f}" for v in result["load_average"])
+    return [
+        f"{head}CIFAR-10, {_data_text(p)}; ResNet-18, {p['stem']} stem, width {p['width']}; "
+        f"{_epochs_text(result)}; seeds {result['seeds']}.",
+        rule,
+        f"Command: `{result['command']}` · trained at commit {trained} · tables written at "
+        f"commit {result['commit'][:10]} on {result['machine']}, load average {load}",
+    ]
+
+
+def _cells(stage: dict) -> str:
+    return _mean_spread(stage["test_top1"])
+
+
+def _table3(result: dict) -> list[str]:
+    """Rows of the per-stage table: fp, ban, bnn test top-1, the final stage's gap to the real
+    net and (with a validation split) its validation top-1."""
+    val = result["selection"] == "val"
+    real = _mean(result["rows"][0]["stages"][0]["test_top1"])
     lines = [
-        f"CIFAR-10 (35k train JPEGs, full test split), CIFAR-stem ResNet-18 width 0.25, "
-        f"seeds {result['seeds']}; top-1 % after the last epoch, mean ± half-range.",
-        f"Command: `{result['command']}` · commit {result['commit'][:10]} · {result['machine']}",
-        "",
-        "| row | fp | ban | bnn (final) | final − real | paper C-100 (stage 1 → 2) |",
-        "|---|---|---|---|---|---|",
+        "| row | fp | ban | bnn (final) | final − real |"
+        + (" final: val top-1 |" if val else "")
+        + " paper C-100 (stage 1 → 2) |",
+        "|---|---|---|---|---|" + ("---|" if val else "") + "---|",
     ]
     for row in result["rows"]:
-        cells = {s["variant"]: _mean_spread(s["top1"]) for s in row["stages"]}
-        final = _mean(row["stages"][-1]["top1"])
+        cells = {s["variant"]: _cells(s) for s in row["stages"]}
+        last = row["stages"][-1]
         paper = " → ".join(f"{p:.1f}" for p in row["paper_cifar100_top1"]) or "—"
+        vcell = f" {_mean_spread(last['val_top1'])} |" if val else ""
         if row["stages"][0]["variant"] == "real":
-            lines.append(f"| {row['row']} | {cells['real']} (real) | | | | {paper} |")
+            lines.append(f"| {row['row']} | {cells['real']} (real) | | | |{vcell} {paper} |")
             continue
         lines.append(
             f"| {row['row']} | {cells.get('fp', '')} | {cells.get('ban', '')} | "
-            f"{cells.get('bnn', '')} | {final - real:+.2f} | {paper} |"
+            f"{cells.get('bnn', '')} | {_mean(last['test_top1']) - real:+.2f} |{vcell} {paper} |"
         )
-    by_row = {r["row"]: _mean(r["stages"][-1]["top1"]) for r in result["rows"]}
-    if "Real-to-Bin" in by_row and "strong baseline (SB)" in by_row:
-        gap = by_row["Real-to-Bin"] - by_row["strong baseline (SB)"]
-        lines += ["", f"Real-to-Bin bnn − strong baseline bnn: **{gap:+.2f}** points of top-1."]
+    return lines
+
+
+def _converged_table(result: dict) -> list[str]:
+    """Rows of the converged table: epochs, validation and test top-1 of each row's final
+    stage, its gap to the real net."""
+    real = _mean(result["rows"][0]["stages"][0]["test_top1"])
+    lines = [
+        "| row | stages (epochs) | val top-1 (final) | test top-1 (final) | test − real |"
+        " paper C-100 (stage 1 → 2) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        last = row["stages"][-1]
+        stages = " → ".join(f"{s['variant']} {s['epochs']}" for s in row["stages"])
+        gap = "" if last["variant"] == "real" else f"{_mean(last['test_top1']) - real:+.2f}"
+        paper = " → ".join(f"{p:.1f}" for p in row["paper_cifar100_top1"]) or "—"
+        lines.append(
+            f"| {row['row']} | {stages} | {_mean_spread(last['val_top1'])} | "
+            f"{_mean_spread(last['test_top1'])} | {gap} | {paper} |"
+        )
+    return lines
+
+
+def _margin_lines(result: dict) -> list[str]:
+    seeds = result["seeds"]
+    lines = []
+    for m in result["margins"]:
+        line = (
+            f"- {m['of']} bnn − {m['over']} bnn: **{_mean(m['test_top1']):+.2f}** points of test "
+            f"top-1 ({_per_seed(seeds, m['test_top1'])})"
+        )
+        if m["val_top1"] is not None:
+            line += (
+                f"; on validation top-1 {_mean(m['val_top1']):+.2f} "
+                f"({_per_seed(seeds, m['val_top1'])})"
+            )
+        lines.append(line + ".")
+    return ["", "Margins, mean over seeds (per seed in brackets):", *lines] if lines else []
+
+
+def _converged_lines(result: dict) -> list[str]:
+    c = result["converged"]
+    if c is None:
+        return []
+    n, m = c["n"], c["2n"]
+    seeds = ", ".join(
+        f"seed {s}: {a:.2f} → {b:.2f} ({r:+.2f})"
+        for s, a, b, r in zip(result["seeds"], n["val_top1"], m["val_top1"], c["rise"])
+    )
+    head = (
+        f"Converged? The strong baseline's bnn validation top-1 at {n['epochs']} and at "
+        f"{m['epochs']} epochs a stage: {seeds}; mean change {c['mean_rise']:+.2f}, seeds' "
+        f"spread (the larger half-range of the two rows) {c['seeds_half_range']:.2f}."
+    )
+    if c["mean_rise"] > c["seeds_half_range"]:
+        verdict = (
+            f"Doubling the epochs raised it by {c['mean_rise']:.2f} points, more than the seeds' "
+            f"spread: NOT converged at {n['epochs']} epochs a stage, so the margins above still "
+            "include training time."
+        )
+    elif c["mean_rise"] > 0:
+        verdict = (
+            f"Doubling the epochs raised it by {c['mean_rise']:.2f} points, no more than the "
+            f"seeds' spread: no resolved gain, converged by this test at {n['epochs']} epochs."
+        )
+    else:
+        verdict = (
+            f"Doubling the epochs did not raise it on average ({c['mean_rise']:+.2f}): converged "
+            f"by this test at {n['epochs']} epochs a stage."
+        )
+    return ["", f"{head} {verdict}"]
+
+
+def markdown(result: dict) -> str:
+    """The results table with its caption, the margins and (converged) the doubling test."""
+    table = _converged_table if result.get("converged") is not None else _table3
+    lines = [*_caption(result), "", *table(result), *_margin_lines(result),
+             *_converged_lines(result)]  # fmt: skip
     hours = [h / 3600 for h in _training_seconds(result)]
-    lines.append(
+    lines += [
+        "",
         "Training time per seed (sum of its stages, seeds side by side): "
         + ", ".join(f"{h:.2f} h" for h in hours)
-        + f" on {result['device']}."
-    )
+        + f" on {result['device']}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def plot(result: dict, out_png: Path) -> None:
-    """Per-stage top-1 (mean, with the seeds' range) of every row."""
+    """Per-stage reported test top-1 (mean, with the seeds' range) of every row."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -200,12 +588,13 @@ def plot(result: dict, out_png: Path) -> None:
     order = {"real": 0, "fp": 1, "ban": 2, "bnn": 3}
     for row in result["rows"]:
         xs = [order[s["variant"]] for s in row["stages"]]
-        means = [_mean(s["top1"]) for s in row["stages"]]
-        lows = [m - min(s["top1"]) for m, s in zip(means, row["stages"])]
-        highs = [max(s["top1"]) - m for m, s in zip(means, row["stages"])]
+        means = [_mean(s["test_top1"]) for s in row["stages"]]
+        lows = [m - min(s["test_top1"]) for m, s in zip(means, row["stages"])]
+        highs = [max(s["test_top1"]) - m for m, s in zip(means, row["stages"])]
         ax.errorbar(xs, means, yerr=[lows, highs], marker="o", capsize=3, label=row["row"])
     ax.set_xticks(range(4), ["real", "fp (tanh)", "ban", "bnn"])
-    ax.set_ylabel("CIFAR-10 test top-1 (%)")
+    which = "validation-selected epoch" if result["selection"] == "val" else "last epoch"
+    ax.set_ylabel(f"CIFAR-10 test top-1 (%), {which}")
     ax.set_title("Per-stage accuracy, ResNet-18 width 0.25 (mean and range over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
@@ -216,20 +605,41 @@ def plot(result: dict, out_png: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--pipeline", choices=sorted(PIPELINES), default="table3",
-                   help="table3: the paper's Table 3 rows (default); families: Bi-Real, ReActNet")
+    p.add_argument(
+        "--pipeline",
+        choices=sorted(PIPELINES),
+        default="table3",
+        help="table3: the paper's Table 3 rows (default); families: Bi-Real, ReActNet; "
+        "converged: SB at N and 2N epochs and Real-to-Bin on 500 images a class",
+    )
     p.add_argument("--runs", type=Path, default=None, help="run folders (benchmarks/runs/NAME)")
     p.add_argument("--data", type=Path, default=None, help="folder with train/ and test/")
     p.add_argument("--parallel", type=int, default=1, help="seeds trained at the same time")
     p.add_argument("--set", action="append", default=[], help="extra config override")
     p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="train nothing: write the tables of the finished runs in --runs",
+    )
+    p.add_argument(
+        "--trained-at",
+        default=None,
+        metavar="COMMIT",
+        help=f"the commit the runs were trained at (default: --runs/{SITTINGS_FILE}, "
+        "else the current commit)",
+    )
     args = p.parse_args()
     args.command = shlex.join(["python", "benchmarks/run_c10_mini.py", *sys.argv[1:]])
-    args.config, args.rows, name = PIPELINES[args.pipeline]
+    pipeline = PIPELINES[args.pipeline]
+    args.config, args.rows, name = pipeline.config, pipeline.rows, pipeline.name
     args.runs = args.runs or REPO / "benchmarks" / "runs" / name
-    data = args.data or unpack_cifar10()
-    args.runs.mkdir(parents=True, exist_ok=True)
-    run_seeds(args, data)
+    if args.trained_at:
+        args.trained_at = resolve_commit(args.trained_at)
+    if not args.tables_only:
+        data = args.data or unpack_cifar10()
+        args.runs.mkdir(parents=True, exist_ok=True)
+        run_seeds(args, data)
     result = collect(args)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -3,7 +3,8 @@
     python benchmarks/summarize_runs.py RUN [RUN ...] [--md OUT.md]
 
 Reads each stage's ``metrics.csv`` (so stages cut short count too) and prints a Markdown table:
-run, stage, epochs done, last-epoch test top-1/top-5, seconds. For runs cut off by a time limit
+run, stage, epochs done, last-epoch test top-1/top-5, seconds (the stage's training time up to its
+last finished epoch: ``time_s`` is cumulative). For runs cut off by a time limit
 (e.g. a GPU lease), this is how their partial figures are reported.
 """
 
@@ -15,13 +16,16 @@ from pathlib import Path
 
 import yaml
 
+from r2b.train.run_folder import RunFolder
+
 
 def stage_rows(run: Path) -> list[dict]:
     """One row per stage of the run's config that has at least one finished epoch."""
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    folder = RunFolder(run)
+    cfg = yaml.safe_load(folder.config.read_text())
     rows = []
     for stage in cfg["stages"]:
-        metrics = run / stage["name"] / "metrics.csv"
+        metrics = folder.stage(stage["name"]).metrics
         if not metrics.is_file():
             continue
         epochs = list(csv.DictReader(metrics.open()))
@@ -35,7 +39,7 @@ def stage_rows(run: Path) -> list[dict]:
             "epochs": f"{len(epochs)}/{stage['epochs']}",
             "top1": float(last["test_top1"]),
             "top5": float(last["test_top5"]),
-            "seconds": sum(float(e["time_s"]) for e in epochs),
+            "seconds": float(last["time_s"]),  # time_s is the stage's training time so far
         })  # fmt: skip
     return rows
 

@@ -1,5 +1,7 @@
 """The CPU-scale benchmark (c10_mini): its config encodes the paper's Table 3 rows, and its table
-computes means, spreads and gaps from the runs' results.json files."""
+computes means, spreads, gaps and margins from the runs' results.json files (written here in the
+real format: ``StageResult`` records and the saved config), reporting the test top-1 of the
+validation-selected checkpoint."""
 
 import json
 import sys
@@ -8,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from r2b.train.config import load_config
+from r2b.train.config import dump_yaml, load_config
+from r2b.train.progress import StageResult
+from r2b.train.run_folder import RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
@@ -20,7 +24,7 @@ import run_c10_mini  # noqa: E402
 
 @pytest.mark.parametrize("pipeline", sorted(run_c10_mini.PIPELINES))
 def test_pipeline_has_every_row_of_the_table_in_order(pipeline):
-    config, rows, _ = run_c10_mini.PIPELINES[pipeline]
+    config, rows = run_c10_mini.PIPELINES[pipeline].config, run_c10_mini.PIPELINES[pipeline].rows
     cfg = load_config(config, ["data.root=/nonexistent"])
     names = [s.name for s in cfg.stages]
     for _, stages, _ in rows:
@@ -37,7 +41,7 @@ def _row_epochs(cfg, stages: list[str]) -> list[int]:
 
 
 def test_compute_matched_baseline_gets_real_to_bins_student_epochs():
-    cfg = load_config(run_c10_mini.PIPELINES["table3"][0], ["data.root=/nonexistent"])
+    cfg = load_config(run_c10_mini.PIPELINES["table3"].config, ["data.root=/nonexistent"])
     r2b = _row_epochs(cfg, ["r2b_fp", "r2b_ban", "r2b_bnn"])
     sb15 = _row_epochs(cfg, ["sb15_ban", "sb15_bnn"])
     assert sum(sb15) == sum(r2b) > sum(_row_epochs(cfg, ["sb_ban", "sb_bnn"]))
@@ -48,7 +52,7 @@ def test_compute_matched_baseline_gets_real_to_bins_student_epochs():
 
 
 def test_converged_protocol_doubles_the_baselines_epochs():
-    cfg = load_config(run_c10_mini.PIPELINES["converged"][0], ["data.root=/nonexistent"])
+    cfg = load_config(run_c10_mini.PIPELINES["converged"].config, ["data.root=/nonexistent"])
     sb, sb2n = _row_epochs(cfg, ["sb_ban", "sb_bnn"]), _row_epochs(cfg, ["sb2n_ban", "sb2n_bnn"])
     assert sb2n == [2 * e for e in sb]
     assert _row_epochs(cfg, ["r2b_fp", "r2b_ban", "r2b_bnn"]) == [sb[0]] * 3
@@ -56,7 +60,7 @@ def test_converged_protocol_doubles_the_baselines_epochs():
 
 
 def test_family_rows_follow_their_papers_two_steps():
-    cfg = load_config(run_c10_mini.PIPELINES["families"][0], ["data.root=/nonexistent"])
+    cfg = load_config(run_c10_mini.PIPELINES["families"].config, ["data.root=/nonexistent"])
     stage = cfg.stage
     # Bi-Real Net: real-valued pre-training of the same blocks, then fully binary, CE only
     assert [stage(n).model.stage for n in ("bireal_fp", "bireal_bnn")] == ["fp", "bnn"]
@@ -73,7 +77,7 @@ def test_family_rows_follow_their_papers_two_steps():
 
 
 def test_rows_follow_the_paper_recipes():
-    cfg = load_config(run_c10_mini.PIPELINES["table3"][0], ["data.root=/nonexistent"])
+    cfg = load_config(run_c10_mini.PIPELINES["table3"].config, ["data.root=/nonexistent"])
     stage = cfg.stage
     # the strong baseline is trained without any teacher; ban initialises bnn
     assert stage("sb_ban").teacher is None and stage("sb_bnn").teacher is None
@@ -90,39 +94,218 @@ def test_rows_follow_the_paper_recipes():
         assert s.model.stage == "bnn" and s.loss.att == 0 and s.optim.weight_decay == 0
 
 
-def _write_runs(runs: Path, top1: dict[int, dict[str, float]]) -> None:
-    for seed, accs in top1.items():
-        stages = [
-            {"name": name, "variant": _variant(name), "top1": acc, "top5": 99.0,
-             "best_top1": acc, "seconds": 100.0}
-            for name, acc in accs.items()
-        ]  # fmt: skip
-        (runs / f"seed{seed}").mkdir(parents=True)
-        (runs / f"seed{seed}" / "results.json").write_text(
-            json.dumps({"device": "cpu", "stages": stages})
-        )
+#: a stage's (validation top-1 of the selected epoch, test top-1 of that epoch, last epoch's test
+#: top-1) when a test does not name it
+OTHER = (49.5, 50.0, 49.0)
 
 
-def _variant(name: str) -> str:
-    return "real" if name == "teacher" else name.rsplit("_", 1)[1]
+def _stage_record(stage, accs: tuple[float, float, float], val: bool) -> dict:
+    """The stage's entry of results.json as the pipeline writes it (older runs: no val keys)."""
+    v, best, last = accs
+    record = StageResult(
+        name=stage.name, model=stage.model.name, variant=stage.model.stage or "real",
+        teacher=stage.teacher, init_from=stage.init_from, epochs=stage.epochs, top1=last,
+        top5=99.0, best_top1=best, best_top5=98.0, best_epoch=stage.epochs - 1,
+        best_val_top1=v if val else None, selected_on="val" if val else "test", seconds=100.0,
+        dir=stage.name,
+    ).to_json()  # fmt: skip
+    if not val:  # results.json before the validation split
+        del record["best_val_top1"], record["selected_on"]
+    return record
 
 
-def test_table_reports_mean_spread_and_gaps(tmp_path):
-    stages = [n for _, row, _ in run_c10_mini.ROWS for n in row]
-    seed0 = {n: 50.0 for n in stages} | {"teacher": 70.0, "sb_bnn": 55.0, "r2b_bnn": 60.0}
-    seed1 = {n: 50.0 for n in stages} | {"teacher": 72.0, "sb_bnn": 57.0, "r2b_bnn": 64.0}
-    _write_runs(tmp_path, {0: seed0, 1: seed1})
-    config = run_c10_mini.PIPELINES["table3"][0]
-    args = Namespace(runs=tmp_path, seeds=[0, 1], command="python benchmarks/run_c10_mini.py",
-                     config=config, rows=run_c10_mini.ROWS)  # fmt: skip
-    result = run_c10_mini.collect(args)
-    sb = next(r for r in result["rows"] if r["row"] == "strong baseline (SB)")
-    assert sb["stages"][-1]["top1"] == [55.0, 57.0]
+def _write_runs(runs: Path, pipeline: str, accs: dict[int, dict], val: bool = True) -> None:
+    """Run folders of a finished ``pipeline`` per seed: config.yaml, results.json and each stage's
+    result.json; ``accs[seed][stage]`` as ``OTHER``."""
+    cfg = load_config(run_c10_mini.PIPELINES[pipeline].config, ["data.root=/data"])
+    n_train = cfg.data.train_limit or 35000
+    n_val = round(n_train * cfg.data.val_fraction) if val else 0
+    for seed, stage_accs in accs.items():
+        run = RunFolder(runs / f"seed{seed}")
+        run.create()
+        run.config.write_text(dump_yaml(cfg))
+        records = [_stage_record(s, stage_accs.get(s.name, OTHER), val) for s in cfg.stages]
+        for record in records:
+            run.stage(record["name"]).create()
+            run.stage(record["name"]).result.write_text(json.dumps(record))
+        data = {"name": "folder", "num_classes": 10, "train_images": n_train - n_val,
+                "test_images": 10000} | ({"val_images": n_val} if val else {})  # fmt: skip
+        results = {"name": cfg.name, "seed": seed, "data": data, "device": "cpu",
+                   "stages": records} | ({"selection": "val"} if val else {})  # fmt: skip
+        run.results.write_text(json.dumps(results))
+
+
+def _collect(runs: Path, pipeline: str, trained_at: str | None = None) -> dict:
+    pipe = run_c10_mini.PIPELINES[pipeline]
+    args = Namespace(runs=runs, seeds=[0, 1], command="python benchmarks/run_c10_mini.py",
+                     config=pipe.config, rows=pipe.rows, pipeline=pipeline,
+                     trained_at=trained_at)  # fmt: skip
+    return run_c10_mini.collect(args)
+
+
+TABLE3 = {  # (val top-1, test top-1 of the selected epoch, last epoch's test top-1)
+    0: {"teacher": (69.0, 70.0, 69.5), "sb_bnn": (54.0, 55.0, 54.0),
+        "sb15_bnn": (55.5, 56.0, 56.0), "r2b_bnn": (58.0, 60.0, 61.0)},
+    1: {"teacher": (71.0, 72.0, 71.0), "sb_bnn": (56.0, 57.0, 57.5),
+        "sb15_bnn": (57.5, 59.0, 58.0), "r2b_bnn": (63.0, 64.0, 63.0)},
+}  # fmt: skip
+
+
+def test_table_reports_the_validation_selected_checkpoint_and_both_margins(tmp_path):
+    _write_runs(tmp_path, "table3", TABLE3)
+    result = _collect(tmp_path, "table3", trained_at="b52bdeb" + "0" * 33)
+    sb = next(r for r in result["rows"] if r["row"] == "strong baseline (SB)")["stages"][-1]
+    assert sb["test_top1"] == [55.0, 57.0] and sb["val_top1"] == [54.0, 56.0]
+    assert sb["last_top1"] == [54.0, 57.5] and sb["selected_epoch"] == [4, 4]
+    assert sb["selected_on"] == "val" and result["selection"] == "val"
+    assert result["trained_at"] == {"commits": ["b52bdeb" + "0" * 33], "source": "--trained-at"}
+    assert len(result["load_average"]) == 3 and result["commit"] and result["machine"]
+    assert result["protocol"]["val_images"] == 3500 and result["protocol"]["val_fraction"] == 0.1
     table = run_c10_mini.markdown(result)
-    assert "| 71.00 ± 1.00 (real) |" in table
-    assert "| 56.00 ± 1.00 | -15.00 |" in table  # SB bnn and its gap to the real net
-    assert "| 62.00 ± 2.00 | -9.00 |" in table  # Real-to-Bin bnn
-    assert "**+6.00** points" in table
+    assert (
+        "CIFAR-10, 31,500 train / 3,500 validation / 10,000 test JPEGs (validation: 10% of each "
+        "class's training images, fixed by the seed); ResNet-18, cifar stem, width 0.25; 5 epochs "
+        "a stage (SB, compute-matched (15 epochs): 10 + 5); seeds [0, 1]." in table
+    )
+    assert "is the epoch of best validation top-1; cells are the CIFAR-10 test top-1 %" in table
+    assert "trained at commit b52bdeb000 · tables written at commit" in table
+    assert "| real ResNet-18 | 71.00 ± 1.00 (real) | | | | 70.00 ± 1.00 | 78.3 |" in table
+    assert (
+        "| strong baseline (SB) |  | 50.00 ± 0.00 | 56.00 ± 1.00 | -15.00 | 55.00 ± 1.00 | "
+        "72.1 → 69.6 |" in table
+    )
+    assert (
+        "| SB, compute-matched (15 epochs) |  | 50.00 ± 0.00 | 57.50 ± 1.50 | -13.50 | "
+        "56.50 ± 1.00 | — |" in table
+    )
+    assert (
+        "| Real-to-Bin | 50.00 ± 0.00 | 50.00 ± 0.00 | 62.00 ± 2.00 | -9.00 | 60.50 ± 2.50 | "
+        "76.5 → 76.2 |" in table
+    )
+    assert (
+        "- Real-to-Bin bnn − strong baseline (SB) bnn: **+6.00** points of test top-1 (seed 0: "
+        "+5.00, seed 1: +7.00); on validation top-1 +5.50 (seed 0: +4.00, seed 1: +7.00)." in table
+    )
+    assert (
+        "- Real-to-Bin bnn − SB, compute-matched (15 epochs) bnn: **+4.50** points of test top-1 "
+        "(seed 0: +4.00, seed 1: +5.00); on validation top-1 +4.00 (seed 0: +2.50, seed 1: "
+        "+5.50)." in table
+    )
+    assert [m["test_top1"] for m in result["margins"]] == [[5.0, 7.0], [4.0, 5.0]]
+    assert "Converged?" not in table
     assert "0.36 h, 0.36 h" in table  # 13 stages x 100 s per seed
     run_c10_mini.plot(result, tmp_path / "c10_mini.png")
     assert (tmp_path / "c10_mini.png").stat().st_size > 10_000
+
+
+def test_runs_without_a_validation_split_report_the_last_epoch_and_say_so(tmp_path):
+    accs = {0: {"teacher": (0, 70.0, 68.0), "react_bnn": (0, 61.0, 60.0)},
+            1: {"teacher": (0, 72.0, 67.0), "react_bnn": (0, 63.0, 61.0)}}  # fmt: skip
+    _write_runs(tmp_path, "families", accs, val=False)
+    result = _collect(tmp_path, "families")
+    react = result["rows"][-1]["stages"][-1]
+    assert react["test_top1"] == react["last_top1"] == [60.0, 61.0] and react["val_top1"] is None
+    assert react["selected_on"] == "last epoch" and react["selected_epoch"] == [5, 5]
+    table = run_c10_mini.markdown(result)
+    assert "35,000 train / 10,000 test JPEGs, no validation split" in table
+    assert "these runs have no validation split, so cells are the test top-1 % after" in table
+    assert "| real ResNet-18 | 67.50 ± 0.50 (real) | | | | 78.3 |" in table
+    assert "| ReActNet |  | 49.00 ± 0.00 | 60.50 ± 0.50 | -7.00 | — |" in table
+    assert "val top-1" not in table and "Margins" not in table
+    assert result["trained_at"]["source"].startswith("assumed")
+
+
+def test_a_table_mixing_selection_rules_is_refused(tmp_path):
+    _write_runs(tmp_path / "a", "table3", {0: {}})
+    _write_runs(tmp_path / "b", "table3", {1: {}}, val=False)
+    (tmp_path / "a" / "seed1").symlink_to(tmp_path / "b" / "seed1")
+    with pytest.raises(SystemExit, match="some seeds were selected on validation, some not"):
+        _collect(tmp_path / "a", "table3")
+
+
+def _converged_accs(sb2n_val: tuple[float, float]) -> dict:
+    return {
+        seed: {"teacher": (60.0 + seed, 62.0 + seed, 61.0), "sb_bnn": (50.0 + seed, 52.0, 51.0),
+               "sb2n_bnn": (sb2n_val[seed], 53.0 + seed, 52.0),
+               "r2b_bnn": (55.0 + seed, 56.0 + 2 * seed, 55.0)}
+        for seed in (0, 1)
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "sb2n_val, verdict",
+    [
+        ((53.0, 55.0), "seed 0: 50.00 → 53.00 (+3.00), seed 1: 51.00 → 55.00 (+4.00); mean change "
+         "+3.50, seeds' spread (the larger half-range of the two rows) 1.00. Doubling the epochs "
+         "raised it by 3.50 points, more than the seeds' spread: NOT converged at 30 epochs a "
+         "stage, so the margins above still include training time."),
+        ((50.6, 51.2), "mean change +0.40, seeds' spread (the larger half-range of the two rows) "
+         "0.50. Doubling the epochs raised it by 0.40 points, no more than the seeds' spread: no "
+         "resolved gain, converged by this test at 30 epochs."),
+        ((50.5, 50.0), "seed 0: 50.00 → 50.50 (+0.50), seed 1: 51.00 → 50.00 (-1.00); mean "
+         "change -0.25, seeds' spread (the larger half-range of the two rows) 0.50. Doubling the "
+         "epochs did not raise it on average (-0.25): converged by this test at 30 epochs a "
+         "stage."),
+    ],
+)  # fmt: skip
+def test_converged_table_compares_sb_at_n_and_2n_on_validation(tmp_path, sb2n_val, verdict):
+    _write_runs(tmp_path, "converged", _converged_accs(sb2n_val))
+    result = _collect(tmp_path, "converged")
+    table = run_c10_mini.markdown(result)
+    assert table.startswith(
+        "Converged protocol (benchmarks/c10_mini/converged.yaml): CIFAR-10, 500 images a class: "
+        "4,000 train / 1,000 validation / 10,000 test JPEGs (validation: 20% of each class's "
+        "training images, fixed by the seed); ResNet-18, cifar stem, width 0.25; 30 epochs a "
+        "stage (strong baseline (SB), 2N epochs: 60 + 60); seeds [0, 1]."
+    )
+    lo, hi = sorted(sb2n_val)
+    sb2n_cell = f"{(lo + hi) / 2:.2f} ± {(hi - lo) / 2:.2f}"
+    assert (
+        "| real ResNet-18 | real 30 | 60.50 ± 0.50 | 62.50 ± 0.50 |  | 78.3 |" in table
+        and "| strong baseline (SB), N epochs | ban 30 → bnn 30 | 50.50 ± 0.50 | 52.00 ± 0.00 | "
+        "-10.50 | 72.1 → 69.6 |"
+        in table
+        and f"| strong baseline (SB), 2N epochs | ban 60 → bnn 60 | {sb2n_cell} | 53.50 ± 0.50 | "
+        "-9.00 | — |"
+        in table
+        and "| Real-to-Bin | fp 30 → ban 30 → bnn 30 | 55.50 ± 0.50 | 57.00 ± 1.00 | -5.50 | "
+        "76.5 → 76.2 |"
+        in table
+    )
+    assert (
+        "- Real-to-Bin bnn − strong baseline (SB), N epochs bnn: **+5.00** points of test top-1 "
+        "(seed 0: +4.00, seed 1: +6.00)"
+        in table
+        and "- Real-to-Bin bnn − strong baseline (SB), 2N epochs bnn: **+3.50** points of test "
+        "top-1 (seed 0: +3.00, seed 1: +4.00)"
+        in table
+    )
+    assert verdict in table
+    assert result["converged"]["converged"] is ("NOT converged" not in verdict)
+
+
+def test_trained_at_comes_from_the_sittings_that_trained_the_seeds(tmp_path):
+    _write_runs(tmp_path, "table3", {0: {}, 1: {}})
+    sittings = [{"commit": "a" * 40, "seeds": [0, 1]}, {"commit": "b" * 40, "seeds": [1]},
+                {"commit": "c" * 40, "seeds": [7]}]  # fmt: skip
+    (tmp_path / run_c10_mini.SITTINGS_FILE).write_text(json.dumps(sittings))
+    trained = _collect(tmp_path, "table3")["trained_at"]
+    assert trained["commits"] == ["a" * 40, "b" * 40]
+    assert "trained at commit aaaaaaaaaa, bbbbbbbbbb ·" in run_c10_mini.markdown(
+        _collect(tmp_path, "table3")
+    )
+
+
+def test_finished_seeds_are_not_trained_again_and_missing_stages_are_named(tmp_path):
+    _write_runs(tmp_path, "table3", {0: {}, 1: {}})
+    assert run_c10_mini.run_finished(tmp_path / "seed0")
+    run_c10_mini.run_seeds(Namespace(seeds=[0, 1], runs=tmp_path), Path("/data"))
+    assert not (tmp_path / run_c10_mini.SITTINGS_FILE).exists()  # nothing was started
+    RunFolder(tmp_path / "seed1").stage("r2b_bnn").result.unlink()
+    assert not run_c10_mini.run_finished(tmp_path / "seed1")
+    results = RunFolder(tmp_path / "seed1").results
+    record = json.loads(results.read_text())
+    record["stages"] = record["stages"][:-1]
+    results.write_text(json.dumps(record))
+    with pytest.raises(SystemExit, match="seed 1 has not finished stage"):
+        _collect(tmp_path, "table3")

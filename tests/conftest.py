@@ -24,7 +24,7 @@ def _default_sigchld():
     """Each test starts with the default SIGCHLD disposition. A DataLoader with worker processes
     installs PyTorch's SIGCHLD handler for the rest of the process; with it in place, once
     OpenVINO had run, the next ``subprocess.run`` crashed the whole session (SIGSEGV in
-    ``time.monotonic``, seen with gdb; ``tests/test_data.py``, ``test_openvino.py`` and
+    ``time.monotonic``, seen with gdb; ``tests/test_data_loader.py``, ``test_openvino.py`` and
     ``test_packed_cli.py`` in one session reproduce it). r2b's commands never combine the three
     in one process."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)

@@ -1,4 +1,4 @@
-"""Faults a training run must survive (the stop signals are in test_pipeline_resume.py):
+"""Faults a training run must survive (the stop signals are in test_train_loop.py):
 
 - a loss that turns NaN: the stage stops at that step with one line naming stage, epoch, step
   and loss term, exits 3, keeps its last good state, and ``--resume`` with a lower learning rate

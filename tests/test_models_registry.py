@@ -153,7 +153,7 @@ def test_export_to_r2b_is_bit_for_bit(toy, tmp_path, capsys):
 
 
 def test_the_registry_iterating_packed_checks_include_the_toy(toy):
-    """tests/test_packed.py's per-network checks, on every row the toy family or stem adds."""
+    """test_packed_engine.py's per-network checks, on every row the toy family or stem adds."""
     rows = [r for r in binary_networks() if TOY in r or TOY_STEM.name in r]
     assert (TOY, TOY_STEM.name, 32, rows[0][3]) in rows
     assert len(rows) == len(list_stems()) + len(list_models(binary=True)) - 1

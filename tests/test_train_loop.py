@@ -281,7 +281,7 @@ def test_sigterm_under_torchrun_stops_both_ranks_at_one_batch_and_resumes_identi
 
 # --------------------------------------------------------------------------- older run folders
 
-OLD_FORMAT = {  # test_pipeline.py's smallest run: 50 images, 2 steps an epoch
+OLD_FORMAT = {  # test_train_pipeline.py's smallest run: 50 images, 2 steps an epoch
     **TINY,
     "name": "old",
     "data": {"name": "default", "train_limit": 50, "test_limit": 20, "eval_batch_size": 20},

@@ -1,5 +1,6 @@
-"""int8 float layers: the quantisation rules on known values, oneDNN's integer products against
-an int64 oracle, and whole packed networks equal to their fake-quantised reference bit for bit."""
+"""int8 float layers (r2b.packed.int8, r2b.packed.calibration): the quantisation rules on known
+values, oneDNN's integer products against an int64 oracle, whole packed networks equal to their
+fake-quantised reference bit for bit and thread-invariant, and the calibration subset."""
 
 import pytest
 import torch
@@ -14,7 +15,6 @@ from r2b.packed.int8 import (
     ActivationRange,
     Dequantize,
     Int8Conv2d,
-    Int8Linear,
     fold_batchnorm,
     int8_reference,
     int8_sites,
@@ -88,18 +88,6 @@ def test_int8_conv_is_exact_integer_arithmetic(shape):
     assert torch.equal(conv(x).double(), expected.double())
 
 
-@pytest.mark.skipif(not onednn_available(), reason="this PyTorch has no oneDNN int8 kernels")
-def test_int8_linear_is_exact_integer_arithmetic():
-    gen = torch.Generator().manual_seed(1)
-    fc = Int8Linear(nn.Linear(512, 10))
-    fc.weight_q.copy_(torch.randint(-127, 128, fc.weight_q.shape, generator=gen))
-    fc.zero_point.fill_(200)
-    q = torch.randint(0, 256, (3, 512), generator=gen)
-    expected = (q - 200) @ fc.weight_q.long().T
-    assert torch.equal(fc((q - 200).float()).long(), expected)
-    assert expected.abs().max() > 2**17  # large sums, exact in float32 (below 2**24)
-
-
 def test_dequantize_rounds_twice():
     d = Dequantize(2)
     d.multiplier.copy_(torch.tensor([0.1, 3.0]))
@@ -109,11 +97,13 @@ def test_dequantize_rounds_twice():
     assert torch.equal(d(acc), acc * m + b)
 
 
-def test_sites_are_stem_downsamples_and_classifier():
+def test_sites_are_the_stem_and_downsample_convs():
     model = create_model("r2b_resnet18", stage="bnn", stem="imagenet", num_classes=10)
     sites = int8_sites(model)
-    assert len(sites) == 5  # stem conv, three 1x1 downsample convs, fc
-    assert sites[0].batchnorm is not None and sites[-1].batchnorm is None
+    assert len(sites) == 4  # the stem conv and three 1x1 downsample convs; the classifier is float
+    for site in sites:
+        assert isinstance(model.get_submodule(site.product), nn.Conv2d)
+        assert isinstance(model.get_submodule(site.batchnorm), nn.BatchNorm2d)
 
 
 def _calibration(size: int, seed: int = 0) -> list[torch.Tensor]:
@@ -155,3 +145,31 @@ def test_int8_needs_calibration_and_a_known_choice():
         to_packed(model, "fp16")
     with pytest.raises(UserError, match="needs images"):
         to_packed(model, "int8", [])
+
+
+def test_int8_engine_does_not_depend_on_threads():
+    """Integer products make the int8 stem thread-invariant (PyTorch's float 7x7 conv is not)."""
+    model = randomise(create_model("r2b_resnet18", stage="bnn", stem="imagenet", num_classes=10))
+    packed = to_packed(model, "int8", _calibration(64))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs.append(packed(x))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_calibration_is_a_class_balanced_training_subset():
+    from r2b.data.default import read_default
+    from r2b.packed.calibration import calibration_batches
+
+    train = read_default("train")
+    batches = calibration_batches(train, 100, batch_size=64)
+    assert [b.shape[0] for b in batches] == [64, 36]
+    assert batches[0].dtype == torch.float32 and abs(float(torch.cat(batches).mean())) < 1.0
+    with pytest.raises(UserError, match="--calib-images"):
+        calibration_batches(train, 0)

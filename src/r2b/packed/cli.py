@@ -49,7 +49,7 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=float, help="with a model name: width multiplier (1.0)")
     p.add_argument("--seed", type=int, default=0, help="with a model name: weight seed")
     p.add_argument("--float-layers", choices=["float", "int8"], default="float",
-                   help="r2b: int8 runs the stem conv, downsample convs and classifier in int8 "
+                   help="r2b: int8 runs the stem conv and the downsample 1x1 convs in int8 "
                    "(post-training quantisation; equals r2b.packed.int8.int8_reference bit for "
                    "bit); float (default) keeps them float, equal to the float model")
     p.add_argument("--calib-images", type=int, default=None,

@@ -10,7 +10,7 @@ model's modules in eval mode. The result equals the eval-mode float model bit fo
 names.
 
 ``to_packed(model, float_layers="int8", calibration=batches)`` also runs the stem conv, the
-downsample 1x1 convs and the classifier in int8 (``r2b.packed.int8``); that engine equals
+downsample 1x1 convs in int8 (``r2b.packed.int8``); that engine equals
 ``r2b.packed.int8.int8_reference(model, batches)``, a fake-quantised eval graph, bit for bit.
 """
 
@@ -67,7 +67,7 @@ class PackedRecord:
     arch: dict = field(default_factory=dict)
     binary_convs: tuple[tuple[str, PackedConv], ...] = ()
     tensors: dict = field(default_factory=dict)
-    #: ``"float"``, or ``"int8"`` when the stem, downsample convs and classifier are int8 layers
+    #: ``"float"``, or ``"int8"`` when the stem and downsample convs are int8 layers
     float_layers: str = "float"
 
 
@@ -166,7 +166,7 @@ FLOAT_LAYERS = ("float", "int8")
 def to_packed(model: nn.Module, float_layers: str = "float", calibration=None) -> PackedResNet:
     """The packed inference engine of a trained fully binary network (the model is not changed).
 
-    ``float_layers="int8"``: the stem conv, downsample convs and classifier in int8, scales from
+    ``float_layers="int8"``: the stem conv and the downsample convs in int8, scales from
     ``calibration`` (an iterable of normalised ``(N, 3, H, W)`` image batches; post-training
     quantisation, ``r2b.packed.int8``). Raises ``UserError`` for a model that is not fully binary
     (stages ``fp`` and ``ban``).

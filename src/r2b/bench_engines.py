@@ -82,8 +82,8 @@ TOP1_MOBILENETV2_INT8 = (
 TOP1_R2B = (65.4, "Martinez et al., ICLR 2020, Real-to-Bin ImageNet top-1 (paper)")
 TOP1_R2B_INT8 = (
     65.4,
-    "Martinez et al., ICLR 2020 (paper), the same network with int8 stem, downsample convs and "
-    "classifier (r2b.packed.int8); its ImageNet accuracy is not measured (CIFAR-10: "
+    "Martinez et al., ICLR 2020 (paper), the same network with its stem and downsample convs in "
+    "int8 (r2b.packed.int8); its ImageNet accuracy is not measured (CIFAR-10: "
     "benchmarks/results/int8_accuracy_*)",
 )
 TOP1_R2B_OV = (

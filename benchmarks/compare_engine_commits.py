@@ -82,7 +82,7 @@ def main() -> None:
     rounds: dict = {b: {"old": [], "new": []} for b in args.batches}
     for r in range(args.rounds):
         for batch in args.batches:
-            for which in (("old", "new") if r % 2 == 0 else ("new", "old")):
+            for which in ("old", "new") if r % 2 == 0 else ("new", "old"):
                 ms = time_once(trees[which], batch, args.runs, args.threads)["median_ms"]
                 rounds[batch][which].append(ms)
                 print(f"round {r} batch {batch} {which}: {ms:.2f} ms", flush=True)

@@ -302,8 +302,19 @@ def test_cli_export_openvino_and_its_errors(tmp_path, capsys):
     err = _one_line_error(capsys, ["export", str(tmp_path / "ban.safetensors"), "--format",
                                    "openvino", "-o", str(tmp_path / "x.xml")])  # fmt: skip
     assert "'bnn'" in err and not (tmp_path / "x.xml").exists()
-    err = _one_line_error(capsys, ["export", str(tmp_path / "bnn.safetensors"), "--format",
-                                   "openvino", "--input-size", "33", "-o", str(tmp_path / "x.xml")])
+    err = _one_line_error(
+        capsys,
+        [
+            "export",
+            str(tmp_path / "bnn.safetensors"),
+            "--format",
+            "openvino",
+            "--input-size",
+            "33",
+            "-o",
+            str(tmp_path / "x.xml"),
+        ],
+    )
     assert "input size 33" in err
     (tmp_path / "dir.xml").mkdir()
     err = _one_line_error(capsys, ["export", str(tmp_path / "bnn.safetensors"), "--format",
@@ -317,12 +328,38 @@ def test_cli_export_openvino_and_its_errors(tmp_path, capsys):
 def test_cli_missing_extras_name_them(tmp_path, capsys, monkeypatch):
     """Without the openvino package, or without r2b.lce's dependency: one line naming the extra."""
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
-    err = _one_line_error(capsys, ["export", "sb_resnet18", "--stem", "cifar", "--width",
-                                   "0.125", "--format", "openvino", "-o", str(tmp_path / "m.xml")])
+    err = _one_line_error(
+        capsys,
+        [
+            "export",
+            "sb_resnet18",
+            "--stem",
+            "cifar",
+            "--width",
+            "0.125",
+            "--format",
+            "openvino",
+            "-o",
+            str(tmp_path / "m.xml"),
+        ],
+    )
     assert '.[openvino]"' in err
     monkeypatch.setitem(sys.modules, "r2b.lce", None)
-    err = _one_line_error(capsys, ["export", "sb_resnet18", "--stem", "cifar", "--width",
-                                   "0.125", "--format", "lce", "-o", str(tmp_path / "m.tflite")])
+    err = _one_line_error(
+        capsys,
+        [
+            "export",
+            "sb_resnet18",
+            "--stem",
+            "cifar",
+            "--width",
+            "0.125",
+            "--format",
+            "lce",
+            "-o",
+            str(tmp_path / "m.tflite"),
+        ],
+    )
     assert "r2b.lce" in err
 
 

@@ -26,7 +26,11 @@ def test_export_from_a_model_name_then_bench_json(tmp_path, capsys):
     assert result["packed_ms"] > 0 and result["float_ms"] > 0
     # the run is the one asked for: the file's CIFAR stem at its default input, 2 timed runs
     assert (result["input_size"], result["batch"], result["runs"], result["threads"]) == (
-        32, 1, 2, 1)
+        32,
+        1,
+        2,
+        1,
+    )
     assert len(result["profile"]["halves"]) == 16
     assert result["peak_gbmacs_per_s"]["measured"] > 0
 
@@ -87,8 +91,15 @@ def test_bench_reruns_itself_with_the_wait_policy(tmp_path):
 @pytest.mark.parametrize("command", ["export", "bench"])
 def test_a_real_valued_model_name_is_refused_by_the_registry(tmp_path, capsys, command):
     """The registry says resnet18 is not a binary family; the error names the ones that are."""
-    argv = [command, "resnet18", *(["-o", str(tmp_path / "x.r2b")] if command == "export" else
-                                   ["--runs", "1", "--warmup", "0", "--no-profile", *INHERIT])]
+    argv = [
+        command,
+        "resnet18",
+        *(
+            ["-o", str(tmp_path / "x.r2b")]
+            if command == "export"
+            else ["--runs", "1", "--warmup", "0", "--no-profile", *INHERIT]
+        ),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"resnet18 is real-valued; {command} a binary family (" in err and "sb_resnet18" in err

@@ -83,8 +83,9 @@ def _with_metadata(data: bytes, raw: str | None = None, **changes) -> bytes:
     """The same safetensors file with entries of its r2b record changed (or the raw string)."""
     (length,) = struct.unpack_from("<Q", data)
     table = json.loads(data[8 : 8 + length])
-    table["__metadata__"]["r2b"] = raw if raw is not None else json.dumps(
-        {**_record(data), **changes})
+    table["__metadata__"]["r2b"] = (
+        raw if raw is not None else json.dumps({**_record(data), **changes})
+    )
     head = json.dumps(table).encode()
     head += b" " * (-len(head) % 8)
     return struct.pack("<Q", len(head)) + head + data[8 + length :]

@@ -22,10 +22,12 @@ class ScriptedMachine:
     def run(self, policy: ThreadPolicy, passes: int, top: int = 4) -> list[int]:
         used = []
         for _ in range(passes):
+
             def call():
                 threads = kernel_threads()
                 used.append(threads)
                 self.now += self.ms[threads] / 1000
+
             policy.run(("x",), top, call)
         return used
 

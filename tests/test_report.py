@@ -92,14 +92,16 @@ def test_the_plain_text_table_r2b_train_prints_is_unchanged():
     text = results_table({"stages": TEXT_STAGES}, markdown=False)
     assert text == (
         "stage      model          step  epochs   top-1   top-5 best top-1    time\n"
-        + "-" * 73 + "\n"
+        + "-" * 73
+        + "\n"
         "teacher    resnet18       real       3   71.50   97.25      72.00     42s\n"
         "a_very_long_stage reactnet_resnet18_x bnn       12       -       -      -1.00 1234568s"
     )
     stages = [dict(TEXT_STAGES[0], best_val_top1=70.125), TEXT_STAGES[1]]
     assert results_table({"stages": stages}, markdown=False) == (
         "stage      model          step  epochs   top-1   top-5 best top-1 val top-1    time\n"
-        + "-" * 83 + "\n"
+        + "-" * 83
+        + "\n"
         "teacher    resnet18       real       3   71.50   97.25      72.00     70.12     42s\n"
         "a_very_long_stage reactnet_resnet18_x bnn       12       -       -      -1.00         - "
         "1234568s\n"

@@ -18,13 +18,21 @@ def r2b_totals():
 #: (C_in, C_out, output side) of the 16 binary 3x3 convs of a ResNet-18 at 224x224.
 HALVES_224 = (
     [(64, 64, 56)] * 4
-    + [(64, 128, 28)] + [(128, 128, 28)] * 3
-    + [(128, 256, 14)] + [(256, 256, 14)] * 3
-    + [(256, 512, 7)] + [(512, 512, 7)] * 3
+    + [(64, 128, 28)]
+    + [(128, 128, 28)] * 3
+    + [(128, 256, 14)]
+    + [(256, 256, 14)] * 3
+    + [(256, 512, 7)]
+    + [(512, 512, 7)] * 3
 )
 #: Real MACs every binary family shares: the 7x7/2 stem, three 1x1 downsample convs, the classifier.
-SHARED_FLOPS = 7 * 7 * 3 * 64 * 112 * 112 + 64 * 128 * 28**2 + 128 * 256 * 14**2 \
-    + 256 * 512 * 7**2 + 512 * 1000
+SHARED_FLOPS = (
+    7 * 7 * 3 * 64 * 112 * 112
+    + 64 * 128 * 28**2
+    + 128 * 256 * 14**2
+    + 256 * 512 * 7**2
+    + 512 * 1000
+)
 
 
 def test_r2b_imagenet_counts(r2b_totals):

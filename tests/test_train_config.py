@@ -247,8 +247,9 @@ def test_a_base_shared_by_two_bases_is_no_cycle(tmp_path):
 
 def test_set_overrides_apply_after_inheritance(tmp_path):
     write(tmp_path / "base.yaml", two_stages())
-    child = write(tmp_path / "child.yaml", {"base": "base.yaml", "stages": [{"name": "b",
-                                                                            "epochs": 3}]})
+    child = write(
+        tmp_path / "child.yaml", {"base": "base.yaml", "stages": [{"name": "b", "epochs": 3}]}
+    )
     cfg = load_config(child, ["stages.b.epochs=5", "stages.*.model.width=0.5"])
     assert cfg.stage("b").epochs == 5 and [s.model.width for s in cfg.stages] == [0.5, 0.5]
 

@@ -19,9 +19,18 @@ OLD_RESULT = {"name": "a", "model": "resnet18", "variant": "real", "teacher": No
 
 def test_a_new_stage_has_the_progress_record_of_before():
     assert json.dumps(StageProgress(selected_on="val").to_json()) == json.dumps(
-        {"epoch": 0, "step": 0, "best_top1": -1.0, "best_top5": 0.0, "best_epoch": 0,
-         "best_score": -1.0, "best_val_top1": None, "selected_on": "val", "time_s": 0.0,
-         "history": []}  # fmt: skip
+        {
+            "epoch": 0,
+            "step": 0,
+            "best_top1": -1.0,
+            "best_top5": 0.0,
+            "best_epoch": 0,
+            "best_score": -1.0,
+            "best_val_top1": None,
+            "selected_on": "val",
+            "time_s": 0.0,
+            "history": [],
+        }  # fmt: skip
     )
 
 
@@ -31,8 +40,18 @@ def test_an_old_progress_record_takes_the_defaults():
     assert progress.selected_on == "test" and progress.best_val_top1 is None
     assert progress.in_epoch is None and progress.history == OLD_PROGRESS["history"]
     record = progress.to_json()
-    assert list(record) == ["epoch", "step", "best_top1", "best_top5", "best_epoch",
-                            "best_score", "best_val_top1", "selected_on", "time_s", "history"]
+    assert list(record) == [
+        "epoch",
+        "step",
+        "best_top1",
+        "best_top5",
+        "best_epoch",
+        "best_score",
+        "best_val_top1",
+        "selected_on",
+        "time_s",
+        "history",
+    ]
 
 
 def test_a_stopped_epoch_round_trips_and_comes_last():

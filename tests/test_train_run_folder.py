@@ -26,7 +26,12 @@ def test_paths_of_a_run_folder(tmp_path):
     assert run.tensorboard("bnn") == tmp_path / "tb" / "bnn"
     stage = run.stage("bnn")
     assert [p.name for p in (stage.best, stage.last, stage.state, stage.result, stage.metrics)] == [
-        "best.safetensors", "last.safetensors", "state.safetensors", "result.json", "metrics.csv"]
+        "best.safetensors",
+        "last.safetensors",
+        "state.safetensors",
+        "result.json",
+        "metrics.csv",
+    ]
     assert stage.run == run and not stage.finished() and not stage.resumable()
     assert run.weights("ban") == tmp_path / "ban" / "best.safetensors"
     assert run.weights("/w/x.safetensors") == Path("/w/x.safetensors")

@@ -37,10 +37,18 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
         "instead of a checkpoint exports that model with random weights (for benchmarks).",
     )
     p.add_argument("checkpoint", help="weights file of a bnn stage, or a model name")
-    p.add_argument("-o", "--out", required=True,
-                   help="output file: model.r2b, model.tflite (lce), model.xml (openvino)")
-    p.add_argument("--format", choices=["r2b", "lce", "openvino"], default="r2b",
-                   help="r2b (default), lce or openvino")
+    p.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        help="output file: model.r2b, model.tflite (lce), model.xml (openvino)",
+    )
+    p.add_argument(
+        "--format",
+        choices=["r2b", "lce", "openvino"],
+        default="r2b",
+        help="r2b (default), lce or openvino",
+    )
     p.add_argument("--input-size", type=int,
                    help="lce and openvino: square input side fixed in the file (default 224 "
                    "for the ImageNet stem, 32 for CIFAR)")  # fmt: skip
@@ -48,15 +56,26 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=int, help="with a model name (1000)")
     p.add_argument("--width", type=float, help="with a model name: width multiplier (1.0)")
     p.add_argument("--seed", type=int, default=0, help="with a model name: weight seed")
-    p.add_argument("--float-layers", choices=["float", "int8"], default="float",
-                   help="r2b: int8 runs the stem conv and the downsample 1x1 convs in int8 "
-                   "(post-training quantisation; equals r2b.packed.int8.int8_reference bit for "
-                   "bit); float (default) keeps them float, equal to the float model")
-    p.add_argument("--calib-images", type=int, default=None,
-                   help="with --float-layers int8: training images to calibrate on (512; a "
-                   "model name calibrates on random images, for timing only)")
-    p.add_argument("--data", help="with --float-layers int8: calibration data, a dataset name "
-                   "or a folder with train/ (default: the data the checkpoint was trained on)")
+    p.add_argument(
+        "--float-layers",
+        choices=["float", "int8"],
+        default="float",
+        help="r2b: int8 runs the stem conv and the downsample 1x1 convs in int8 "
+        "(post-training quantisation; equals r2b.packed.int8.int8_reference bit for "
+        "bit); float (default) keeps them float, equal to the float model",
+    )
+    p.add_argument(
+        "--calib-images",
+        type=int,
+        default=None,
+        help="with --float-layers int8: training images to calibrate on (512; a "
+        "model name calibrates on random images, for timing only)",
+    )
+    p.add_argument(
+        "--data",
+        help="with --float-layers int8: calibration data, a dataset name "
+        "or a folder with train/ (default: the data the checkpoint was trained on)",
+    )
     p.add_argument("--root", help="with --data NAME: its data folder")
     p.set_defaults(func=run_export)
 

@@ -159,7 +159,11 @@ def _eval_device(text: str):
 
 
 def checkpoint_split(
-    checkpoint, info: dict, split: str, data_arg: str | None = None, root: str | None = None,
+    checkpoint,
+    info: dict,
+    split: str,
+    data_arg: str | None = None,
+    root: str | None = None,
     max_images: int | None = None,
 ):
     """(dataset, data record) of a checkpoint's ``split`` as its run saw it (``info``: its
@@ -212,8 +216,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise UserError(f"--limit is {args.limit}; give 1 or more images (or leave it out)")
     device = _eval_device(args.device)
     _, arch, info = read_weights(args.checkpoint)
-    ds, data = checkpoint_split(args.checkpoint, info, args.split, args.data, args.root,
-                                args.limit)
+    ds, data = checkpoint_split(args.checkpoint, info, args.split, args.data, args.root, args.limit)
     if arch.get("num_classes") not in (None, num_classes(ds)):
         raise UserError(
             f"checkpoint {args.checkpoint} predicts {arch['num_classes']} classes but the "

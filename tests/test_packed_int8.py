@@ -173,9 +173,3 @@ def test_calibration_is_a_class_balanced_training_subset():
     assert batches[0].dtype == torch.float32 and abs(float(torch.cat(batches).mean())) < 1.0
     with pytest.raises(UserError, match="--calib-images"):
         calibration_batches(train, 0)
-
-
-def test_int8_engine_lets_its_thread_policy_set_pytorchs_threads():
-    model = randomise(create_model("r2b_resnet18", stage="bnn", stem="cifar", num_classes=10))
-    assert to_packed(model, "int8", _calibration(32)).thread_policy.torch_threads
-    assert not to_packed(model).thread_policy.torch_threads  # the float stem's rounding may move

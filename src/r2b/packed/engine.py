@@ -202,8 +202,6 @@ def assemble(
     stem = _packed_stem(_frozen(spec.stem))
     packed = PackedResNet(arch, stem, halves, _frozen(spec.pool), _frozen(spec.fc))
     packed.record = _export_record(model, spec.binary_convs(), convs)
-    # int8 float layers are integer products: the whole pass may change threads (tested)
-    packed.thread_policy = ThreadPolicy(torch_threads=packed.record.float_layers == "int8")
     return packed
 
 

@@ -21,6 +21,13 @@ on a ladder ``T, T/2, ..., 1`` (``T = torch.get_num_threads()``, the user's sett
   (``RETRY_FIRST`` .. ``RETRY_MAX``), so a machine that stays busy pays for a slow retry ever
   more rarely, and one that becomes idle again gets its threads back.
 
+What it does not do (measured, ``benchmarks/results/engines_xeon_2c_threads.md``): it reacts to
+a machine that gets busier during a run, not to one busy from the first pass (its best time is
+then a busy one), and it leaves spinning OpenMP workers spinning: a variant that probed fewer
+threads from the start and also lowered PyTorch's threads made int8 engines slow down more next
+to a busy process (3.28x vs 2.55x at batch 1), so it was dropped. With ``OMP_WAIT_POLICY=passive``
+idle workers sleep and the engine degrades least, at ~1.7x the idle-core time at batch 1.
+
 On an idle machine every pass runs at ``T`` (its times stay within ``SLOW`` of the best). The
 kernels' results do not depend on their thread count (each output is computed by one task from
 the same operands in the same order, whichever thread runs it; tested), so the policy changes

@@ -72,6 +72,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--work-dir", type=Path, help="model files (default /tmp/r2b-engines-<tag>)")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     p.add_argument("--fresh", action="store_true", help="ignore the partial file of this tag")
+    p.add_argument("--omp", default="active,passive",
+                   type=lambda t: [v for v in t.split(",") if v],
+                   help="OpenMP wait settings of the packed rows (be.OMP_POLICIES: active, "
+                   "passive, spin10k; default active,passive)")  # fmt: skip
     p.add_argument("--plot-only", action="store_true", help="rewrite .md and .png from .json")
     args = p.parse_args(argv)
     args.rows = [r for r in args.rows.split(",") if r]
@@ -110,8 +114,9 @@ def main(argv=None) -> int:
     for r, why in skipped.items():
         print(f"skipping {r}: {why}")
     settings = be.Settings(args.input_size, args.runs, args.warmup, args.max_seconds)
-    quiet = be.configs_for(rows, args.batches, args.threads)
-    busy = be.configs_for(rows, args.contention_batches, args.contention_threads, contention=True)
+    quiet = be.configs_for(rows, args.batches, args.threads, args.omp)
+    busy = be.configs_for(rows, args.contention_batches, args.contention_threads, args.omp,
+                          contention=True)  # fmt: skip
     header = dict(settings.to_dict(), calib_images=args.calib_images)
     partial = be.Partial.open(stem.with_suffix(".partial.jsonl"), header, fresh=args.fresh)
     commit = git_commit()

@@ -175,3 +175,17 @@ def test_bench_against_end_to_end(capsys):
     rows = {r["row"] for r in report["results"]}
     assert {"packed-r2b", "torch-fp32-resnet18", "ort-int8-resnet18", "ov-int8-resnet18"} <= rows
     assert not report["failed"]
+
+
+def test_worker_env_sets_one_wait_setting():
+    import os
+
+    os.environ["GOMP_SPINCOUNT"] = "7"
+    try:
+        spin = be.worker_env(be.Config("packed-r2b", 1, 2, "spin10k"))
+        active = be.worker_env(be.Config("packed-r2b", 1, 2, "active"))
+    finally:
+        del os.environ["GOMP_SPINCOUNT"]
+    assert spin["GOMP_SPINCOUNT"] == "10000" and "OMP_WAIT_POLICY" not in spin
+    assert active["OMP_WAIT_POLICY"] == "ACTIVE" and "GOMP_SPINCOUNT" not in active
+    assert spin["OMP_NUM_THREADS"] == "2"

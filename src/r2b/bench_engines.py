@@ -126,7 +126,7 @@ class Config:
     row: str
     batch: int
     threads: int
-    omp: str = "active"  # OMP_WAIT_POLICY: active | passive
+    omp: str = "active"  # a key of OMP_POLICIES: active | passive | spin10k
     contention: bool = False
 
     @property
@@ -591,7 +591,7 @@ def worker_main(argv: list[str] | None = None) -> int:
         "runs": len(ms), "warmup": a.warmup, "times_ms": ms, "setup_s": setup_s,
         "load_average": [load_before, _loadavg()], "pid": os.getpid(),
         "torch_loaded": "torch" in sys.modules,
-        "env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OMP_DYNAMIC",
+        "env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_DYNAMIC",
                                                "OMP_NUM_THREADS")},
         "info": info,
     }  # fmt: skip
@@ -619,11 +619,23 @@ def worker_command(config: Config, path: Path, settings: Settings) -> list[str]:
     ]  # fmt: skip
 
 
+#: OpenMP idle-wait settings a row can be measured with: ``active`` spins, ``passive`` sleeps,
+#: ``spin10k``: the runtime's default policy with GNU OpenMP spinning 10,000 iterations before
+#: it sleeps (``GOMP_SPINCOUNT``; the default spins ~300,000)
+OMP_POLICIES = {
+    "active": {"OMP_WAIT_POLICY": "ACTIVE"},
+    "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "spin10k": {"GOMP_SPINCOUNT": "10000"},
+}
+
+
 def worker_env(config: Config) -> dict[str, str]:
-    """The process environment: OMP_WAIT_POLICY set, OMP_DYNAMIC unset, thread counts fixed."""
+    """The process environment: the row's OpenMP wait setting (``OMP_POLICIES``), OMP_DYNAMIC
+    unset, thread counts fixed."""
     env = dict(os.environ)
-    env.pop("OMP_DYNAMIC", None)
-    env["OMP_WAIT_POLICY"] = config.omp.upper()
+    for key in ("OMP_DYNAMIC", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        env.pop(key, None)
+    env.update(OMP_POLICIES[config.omp])
     env["OMP_NUM_THREADS"] = str(config.threads)
     env["MKL_NUM_THREADS"] = str(config.threads)
     env.setdefault("PYTHONWARNINGS", "ignore")

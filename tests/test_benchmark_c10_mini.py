@@ -32,7 +32,7 @@ def test_pipeline_has_every_row_of_the_table_in_order(pipeline):
         assert [names.index(n) for n in stages] == sorted(names.index(n) for n in stages)
     assert {s.model.stem for s in cfg.stages} == {"cifar"}
     assert {s.model.width for s in cfg.stages} == {0.25}
-    base = {s.epochs for s in cfg.stages if not s.name.startswith(("sb15_", "sb2n_"))}
+    base = {s.epochs for s in cfg.stages if not s.name.startswith(("sbcm_", "sb2n_"))}
     assert len(base) == 1, "every stage gets the same epochs, but the rows that say otherwise"
 
 
@@ -43,11 +43,11 @@ def _row_epochs(cfg, stages: list[str]) -> list[int]:
 def test_compute_matched_baseline_gets_real_to_bins_student_epochs():
     cfg = load_config(run_c10_mini.PIPELINES["table3"].config, ["data.root=/nonexistent"])
     r2b = _row_epochs(cfg, ["r2b_fp", "r2b_ban", "r2b_bnn"])
-    sb15 = _row_epochs(cfg, ["sb15_ban", "sb15_bnn"])
-    assert sum(sb15) == sum(r2b) > sum(_row_epochs(cfg, ["sb_ban", "sb_bnn"]))
+    sbcm = _row_epochs(cfg, ["sbcm_ban", "sbcm_bnn"])
+    assert sum(sbcm) == sum(r2b) > sum(_row_epochs(cfg, ["sb_ban", "sb_bnn"]))
     # as many epochs with real latent weights (fp + ban) and with binary ones (bnn) as Real-to-Bin
-    assert sb15 == [r2b[0] + r2b[1], r2b[2]]
-    assert cfg.stage("sb15_bnn").init_from == "sb15_ban" and cfg.stage("sb15_ban").teacher is None
+    assert sbcm == [r2b[0] + r2b[1], r2b[2]]
+    assert cfg.stage("sbcm_bnn").init_from == "sbcm_ban" and cfg.stage("sbcm_ban").teacher is None
     assert cfg.data.val_fraction > 0, "teachers and checkpoints are selected on validation data"
 
 
@@ -56,7 +56,7 @@ def test_converged_protocol_doubles_the_baselines_epochs():
     sb, sb2n = _row_epochs(cfg, ["sb_ban", "sb_bnn"]), _row_epochs(cfg, ["sb2n_ban", "sb2n_bnn"])
     assert sb2n == [2 * e for e in sb]
     assert _row_epochs(cfg, ["r2b_fp", "r2b_ban", "r2b_bnn"]) == [sb[0]] * 3
-    assert cfg.data.val_fraction > 0 and cfg.data.train_limit == 5000
+    assert cfg.data.val_fraction > 0 and cfg.data.train_limit == 2500
 
 
 def test_family_rows_follow_their_papers_two_steps():
@@ -145,9 +145,9 @@ def _collect(runs: Path, pipeline: str, trained_at: str | None = None) -> dict:
 
 TABLE3 = {  # (val top-1, test top-1 of the selected epoch, last epoch's test top-1)
     0: {"teacher": (69.0, 70.0, 69.5), "sb_bnn": (54.0, 55.0, 54.0),
-        "sb15_bnn": (55.5, 56.0, 56.0), "r2b_bnn": (58.0, 60.0, 61.0)},
+        "sbcm_bnn": (55.5, 56.0, 56.0), "r2b_bnn": (58.0, 60.0, 61.0)},
     1: {"teacher": (71.0, 72.0, 71.0), "sb_bnn": (56.0, 57.0, 57.5),
-        "sb15_bnn": (57.5, 59.0, 58.0), "r2b_bnn": (63.0, 64.0, 63.0)},
+        "sbcm_bnn": (57.5, 59.0, 58.0), "r2b_bnn": (63.0, 64.0, 63.0)},
 }  # fmt: skip
 
 
@@ -156,16 +156,17 @@ def test_table_reports_the_validation_selected_checkpoint_and_both_margins(tmp_p
     result = _collect(tmp_path, "table3", trained_at="b52bdeb" + "0" * 33)
     sb = next(r for r in result["rows"] if r["row"] == "strong baseline (SB)")["stages"][-1]
     assert sb["test_top1"] == [55.0, 57.0] and sb["val_top1"] == [54.0, 56.0]
-    assert sb["last_top1"] == [54.0, 57.5] and sb["selected_epoch"] == [4, 4]
+    assert sb["last_top1"] == [54.0, 57.5] and sb["selected_epoch"] == [2, 2]
     assert sb["selected_on"] == "val" and result["selection"] == "val"
     assert result["trained_at"] == {"commits": ["b52bdeb" + "0" * 33], "source": "--trained-at"}
     assert len(result["load_average"]) == 3 and result["commit"] and result["machine"]
-    assert result["protocol"]["val_images"] == 3500 and result["protocol"]["val_fraction"] == 0.1
+    assert result["protocol"]["val_images"] == 1000 and result["protocol"]["val_fraction"] == 0.1
     table = run_c10_mini.markdown(result)
     assert (
-        "CIFAR-10, 31,500 train / 3,500 validation / 10,000 test JPEGs (validation: 10% of each "
-        "class's training images, fixed by the seed); ResNet-18, cifar stem, width 0.25; 5 epochs "
-        "a stage (SB, compute-matched (15 epochs): 10 + 5); seeds [0, 1]." in table
+        "CIFAR-10, 1,000 images a class: 9,000 train / 1,000 validation / 10,000 test JPEGs "
+        "(validation: 10% of each class's training images, fixed by the seed); ResNet-18, cifar "
+        "stem, width 0.25; 3 epochs a stage (SB, compute-matched (Real-to-Bin's student epochs): "
+        "6 + 3); seeds [0, 1]." in table
     )
     assert "is the epoch of best validation top-1; cells are the CIFAR-10 test top-1 %" in table
     assert "trained at commit b52bdeb000 · tables written at commit" in table
@@ -175,8 +176,8 @@ def test_table_reports_the_validation_selected_checkpoint_and_both_margins(tmp_p
         "72.1 → 69.6 |" in table
     )
     assert (
-        "| SB, compute-matched (15 epochs) |  | 50.00 ± 0.00 | 57.50 ± 1.50 | -13.50 | "
-        "56.50 ± 1.00 | — |" in table
+        "| SB, compute-matched (Real-to-Bin's student epochs) |  | 50.00 ± 0.00 | 57.50 ± 1.50 | "
+        "-13.50 | 56.50 ± 1.00 | — |" in table
     )
     assert (
         "| Real-to-Bin | 50.00 ± 0.00 | 50.00 ± 0.00 | 62.00 ± 2.00 | -9.00 | 60.50 ± 2.50 | "
@@ -187,7 +188,8 @@ def test_table_reports_the_validation_selected_checkpoint_and_both_margins(tmp_p
         "+5.00, seed 1: +7.00); on validation top-1 +5.50 (seed 0: +4.00, seed 1: +7.00)." in table
     )
     assert (
-        "- Real-to-Bin bnn − SB, compute-matched (15 epochs) bnn: **+4.50** points of test top-1 "
+        "- Real-to-Bin bnn − SB, compute-matched (Real-to-Bin's student epochs) bnn: **+4.50** "
+        "points of test top-1 "
         "(seed 0: +4.00, seed 1: +5.00); on validation top-1 +4.00 (seed 0: +2.50, seed 1: "
         "+5.50)." in table
     )
@@ -237,14 +239,14 @@ def _converged_accs(sb2n_val: tuple[float, float]) -> dict:
     [
         ((53.0, 55.0), "seed 0: 50.00 → 53.00 (+3.00), seed 1: 51.00 → 55.00 (+4.00); mean change "
          "+3.50, seeds' spread (the larger half-range of the two rows) 1.00. Doubling the epochs "
-         "raised it by 3.50 points, more than the seeds' spread: NOT converged at 30 epochs a "
+         "raised it by 3.50 points, more than the seeds' spread: NOT converged at 20 epochs a "
          "stage, so the margins above still include training time."),
         ((50.6, 51.2), "mean change +0.40, seeds' spread (the larger half-range of the two rows) "
          "0.50. Doubling the epochs raised it by 0.40 points, no more than the seeds' spread: no "
-         "resolved gain, converged by this test at 30 epochs."),
+         "resolved gain, converged by this test at 20 epochs."),
         ((50.5, 50.0), "seed 0: 50.00 → 50.50 (+0.50), seed 1: 51.00 → 50.00 (-1.00); mean "
          "change -0.25, seeds' spread (the larger half-range of the two rows) 0.50. Doubling the "
-         "epochs did not raise it on average (-0.25): converged by this test at 30 epochs a "
+         "epochs did not raise it on average (-0.25): converged by this test at 20 epochs a "
          "stage."),
     ],
 )  # fmt: skip
@@ -253,22 +255,22 @@ def test_converged_table_compares_sb_at_n_and_2n_on_validation(tmp_path, sb2n_va
     result = _collect(tmp_path, "converged")
     table = run_c10_mini.markdown(result)
     assert table.startswith(
-        "Converged protocol (benchmarks/c10_mini/converged.yaml): CIFAR-10, 500 images a class: "
-        "4,000 train / 1,000 validation / 10,000 test JPEGs (validation: 20% of each class's "
-        "training images, fixed by the seed); ResNet-18, cifar stem, width 0.25; 30 epochs a "
-        "stage (strong baseline (SB), 2N epochs: 60 + 60); seeds [0, 1]."
+        "Converged protocol (benchmarks/c10_mini/converged.yaml): CIFAR-10, 250 images a class: "
+        "2,000 train / 500 validation / 10,000 test JPEGs (validation: 20% of each class's "
+        "training images, fixed by the seed); ResNet-18, cifar stem, width 0.25; 20 epochs a "
+        "stage (strong baseline (SB), 2N epochs: 40 + 40); seeds [0, 1]."
     )
     lo, hi = sorted(sb2n_val)
     sb2n_cell = f"{(lo + hi) / 2:.2f} ± {(hi - lo) / 2:.2f}"
     assert (
-        "| real ResNet-18 | real 30 | 60.50 ± 0.50 | 62.50 ± 0.50 |  | 78.3 |" in table
-        and "| strong baseline (SB), N epochs | ban 30 → bnn 30 | 50.50 ± 0.50 | 52.00 ± 0.00 | "
+        "| real ResNet-18 | real 20 | 60.50 ± 0.50 | 62.50 ± 0.50 |  | 78.3 |" in table
+        and "| strong baseline (SB), N epochs | ban 20 → bnn 20 | 50.50 ± 0.50 | 52.00 ± 0.00 | "
         "-10.50 | 72.1 → 69.6 |"
         in table
-        and f"| strong baseline (SB), 2N epochs | ban 60 → bnn 60 | {sb2n_cell} | 53.50 ± 0.50 | "
+        and f"| strong baseline (SB), 2N epochs | ban 40 → bnn 40 | {sb2n_cell} | 53.50 ± 0.50 | "
         "-9.00 | — |"
         in table
-        and "| Real-to-Bin | fp 30 → ban 30 → bnn 30 | 55.50 ± 0.50 | 57.00 ± 1.00 | -5.50 | "
+        and "| Real-to-Bin | fp 20 → ban 20 → bnn 20 | 55.50 ± 0.50 | 57.00 ± 1.00 | -5.50 | "
         "76.5 → 76.2 |"
         in table
     )

@@ -171,6 +171,8 @@ ROWS = {
     "image_size_big": Row(["train", *QUICK, "--set", "data.image_size=40"], ["data.image_size"]),
     "num_workers_neg": Row(["train", "--set", "data.num_workers=-1"], ["data.num_workers"]),
     "val_fraction_1": Row(["train", "--set", "data.val_fraction=1"], ["data.val_fraction"]),
+    "test_once_no_val": Row(["train", "--set", "data.test_every_epoch=false"],
+                            ["data.test_every_epoch", "data.val_fraction"]),
     "data_eval_batch_0": Row(["train", "--set", "data.eval_batch_size=0"],
                              ["data.eval_batch_size"]),
     "dataset_name": Row(["train", "--set", "data.name=mnist"], ["data.name", "cifar10"]),

@@ -257,3 +257,46 @@ def test_validation_split_end_to_end_and_r2b_eval_of_it(tmp_path, capsys):
     assert main(["eval", best, "--split", "train", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 40
     assert "validation top-1" in (out / "report.md").read_text()
+
+
+def test_test_split_evaluated_only_after_the_last_epoch_and_on_the_selected_one(
+    tmp_path, monkeypatch
+):
+    """``data.test_every_epoch: false``: scripted validation accuracies make epoch 2 of stage a
+    the selected one; the test split is evaluated twice for stage a, after its last epoch (on the
+    last weights) and then on the selected epoch's weights (best.safetensors), whose figures fill
+    its metrics.csv row, best.safetensors' info and the results; other rows have no test cells."""
+    import r2b.train.loop as loop
+
+    val = iter([10.0, 30.0, 20.0, 15.0])  # stage a: 3 epochs, stage b: 1
+    test = iter([40.0, 60.0, 55.0])  # a after epoch 3, a on epoch 2, b after epoch 1
+    seen = []  # (split, the evaluated weights)
+
+    def scripted_evaluate(model, dataset, *args, **kwargs):  # dataset: see eval_batches below
+        seen.append((dataset.split, {k: v.clone() for k, v in model.state_dict().items()}))
+        top1 = next(val if dataset.split == "val" else test)
+        return {"top1": top1, "top5": 100.0, "loss": 1.0, "n": len(dataset)}
+
+    monkeypatch.setattr(loop, "eval_batches", lambda dataset, *a, **k: dataset)
+    monkeypatch.setattr(loop, "evaluate", scripted_evaluate)
+    cfg = build_config(SELECT, ["data.val_fraction=0.2", "data.test_every_epoch=false"])
+    results = run_pipeline(cfg, tmp_path / "run", log=lambda *_: None)
+    assert [split for split, _ in seen] == ["val", "val", "val", "test", "test", "val", "test"]
+    a = results["stages"][0]
+    assert (a["best_epoch"], a["best_val_top1"], a["best_top1"], a["top1"]) == (2, 30.0, 60.0, 40.0)
+    folder = tmp_path / "run" / "a"
+    best, _, best_info = read_weights(folder / "best.safetensors")
+    last, _, _ = read_weights(folder / "last.safetensors")
+    for (_, evaluated), expected in ((seen[3], last), (seen[4], best)):
+        assert evaluated.keys() == expected.keys()
+        assert all(torch.equal(evaluated[k], expected[k]) for k in expected)
+    assert not all(torch.equal(best[k], last[k]) for k in best)
+    assert (best_info["epoch"], best_info["top1"], best_info["val_top1"]) == (2, 60.0, 30.0)
+    rows = list(csv.DictReader(open(folder / "metrics.csv")))
+    assert [r["test_top1"] for r in rows] == ["", "60", "40"]
+    assert results["stages"][1]["best_top1"] == results["stages"][1]["top1"] == 55.0
+
+
+def test_test_every_epoch_false_needs_a_validation_split():
+    with pytest.raises(UserError, match="data.test_every_epoch is false.*data.val_fraction"):
+        build_config(SELECT, ["data.test_every_epoch=false"])

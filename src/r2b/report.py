@@ -16,8 +16,9 @@ to RUN, default ``<dir>/metrics.csv``), optional ``best_val_top1`` (validation t
 epoch, when the run had a validation split: then the best epoch was chosen on it, and the table
 gets a "val top-1" column; ``results["selection"]`` says "val" or "test").
 
-metrics.csv columns read: ``epoch``, the training loss (``train_loss`` or ``loss``), ``test_top1``;
-others (``step, ce, kd, att, test_top5, lr, flip_ratio``, ...) are ignored by the plots.
+metrics.csv columns read: ``epoch``, the training loss (``train_loss`` or ``loss``), ``val_top1``
+and ``test_top1``; others (``step, ce, kd, att, test_top5, lr, flip_ratio``, ...) are ignored by
+the plots.
 
 - ``results_table(results) -> str``: one row per stage: stage, model, variant, teacher, epochs,
   best top-1 (with its epoch), top-5 (at the best epoch when ``best_top5`` is given, else after
@@ -25,7 +26,8 @@ others (``step, ce, kd, att, test_top5, lr, flip_ratio``, ...) are ignored by th
   plain-text table ``r2b train`` prints at its end (stage, model, step, epochs, final top-1 and
   top-5, best top-1, time). Both get a "val top-1" column after "best top-1" when any stage has
   ``best_val_top1``.
-- ``plot_curves({stage: metrics.csv}, out_png)``: training loss and test top-1 against epochs,
+- ``plot_curves({stage: metrics.csv}, out_png)``: training loss and validation top-1 (test top-1
+  without a validation split) against epochs,
   stages laid end to end on one epoch axis (dotted lines mark where a stage starts).
 - ``plot_attention(teacher, student, images, out_png)``: for a few images, the input and the
   teacher's and student's attention maps ``Q = sum_c |A_c|^2`` (``r2b.losses.attention_map``) at
@@ -198,15 +200,19 @@ def _float(value) -> float:
 
 
 def plot_curves(metrics_csv_paths: Mapping[str, str | Path], out_png: str | Path) -> Path:
-    """Training loss and test top-1 per epoch of each stage, stages end to end; returns the path."""
+    """Training loss and top-1 per epoch of each stage, stages end to end; returns the path.
+
+    The top-1 is the validation split's when any stage has one (the split that selects, and the
+    one evaluated every epoch under ``data.test_every_epoch: false``), else the test split's."""
     fig = Figure(figsize=(10, 4), dpi=120, layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
     offset = 0.0
-    for i, (name, path) in enumerate(metrics_csv_paths.items()):
-        m = read_metrics(path)
+    metrics = {name: read_metrics(path) for name, path in metrics_csv_paths.items()}
+    split = "val" if any(_present(m.get("val_top1", [])) for m in metrics.values()) else "test"
+    for i, (name, m) in enumerate(metrics.items()):
         epochs = m.get("epoch", [])
         loss = _first_present(m, ("train_loss", "loss"), len(epochs))
-        top1 = m.get("test_top1", [math.nan] * len(epochs))
+        top1 = m.get(f"{split}_top1", [math.nan] * len(epochs))
         x = [offset + e for e in epochs]
         color = f"C{i % 10}"
         _plot_present(ax_loss, x, loss, color, name)
@@ -216,7 +222,11 @@ def plot_curves(metrics_csv_paths: Mapping[str, str | Path], out_png: str | Path
                 ax.axvline(offset, color="0.6", linestyle=":", linewidth=1)
         offset += max((e for e in epochs if not math.isnan(e)), default=0.0)
     ax_loss.set(title="training loss", xlabel="epoch (stages end to end)", ylabel="loss")
-    ax_acc.set(title="test top-1", xlabel="epoch (stages end to end)", ylabel="top-1 (%)")
+    ax_acc.set(
+        title="validation top-1" if split == "val" else "test top-1",
+        xlabel="epoch (stages end to end)",
+        ylabel="top-1 (%)",
+    )
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         if ax.lines:
@@ -227,9 +237,13 @@ def plot_curves(metrics_csv_paths: Mapping[str, str | Path], out_png: str | Path
 def _first_present(columns: Mapping[str, list[float]], keys: Sequence[str], n: int) -> list[float]:
     """The first of ``keys`` with any value; all NaN when none has."""
     for key in keys:
-        if any(not math.isnan(v) for v in columns.get(key, [])):
+        if _present(columns.get(key, [])):
             return columns[key]
     return [math.nan] * n
+
+
+def _present(values: Sequence[float]) -> bool:
+    return any(not math.isnan(v) for v in values)
 
 
 def _plot_present(ax, x: Sequence[float], y: Sequence[float], color: str, label: str) -> None:

@@ -180,6 +180,9 @@ class DataConfig:
     # the epoch of best validation top-1, and the test split is only reported. 0 (default): no
     # validation split, the best epoch is chosen on test top-1 (as before this field existed).
     val_fraction: float = 0.0
+    # false: evaluate the test split only after a stage's last epoch and on its selected epoch
+    # (needs a validation split to select on); true: every epoch too (the curves in the plots)
+    test_every_epoch: bool = True
 
 
 @dataclass
@@ -587,6 +590,11 @@ def _validate_run(cfg: PipelineConfig) -> None:
         0 <= d.val_fraction < 1,
         f"config key data.val_fraction is {d.val_fraction}; give a fraction in [0, 1), e.g. 0.1 "
         "(0 = no validation split)",
+    )
+    _check(
+        d.test_every_epoch or d.val_fraction > 0,
+        "config key data.test_every_epoch is false but there is no validation split to select "
+        "the best epoch on; set data.val_fraction (e.g. 0.1) or data.test_every_epoch: true",
     )
     r = cfg.runtime
     _check_choice(r.accelerator, ACCELERATORS, "runtime.accelerator")

@@ -16,6 +16,10 @@ Per epoch: evaluate top-1/top-5 on the validation split (when ``data.val_fractio
 test split, measure the flip ratio of binary weights, and (rank 0) write ``best.safetensors``
 (when the selection top-1 improves: validation top-1 when there is a validation split, else test
 top-1), ``last.safetensors`` and the resumable ``state.safetensors``, then ``metrics.csv``.
+With ``data.test_every_epoch: false`` (which needs a validation split) the test split is
+evaluated only twice a stage: after the last epoch, and once the stage is done on the selected
+(best) epoch's weights, whose row then gets its test figures (``_test_selected``); evaluating a
+10,000-image test split every epoch roughly doubled the epochs of a 2,000-image training set.
 
 After every step (``r2b.train.guard``): a loss term that is NaN or infinite stops the stage with
 ``TrainingDiverged`` (nothing of the failed epoch is saved); a SIGTERM/SIGINT received meanwhile
@@ -49,7 +53,12 @@ from r2b.data import build_augment, build_loader, mixup
 from r2b.data.seeds import derive_seed, generator_for
 from r2b.errors import RunStopped, UserError
 from r2b.losses import DistillationObjective
-from r2b.train.checkpoint import load_training_state, save_training_state, save_weights
+from r2b.train.checkpoint import (
+    load_training_state,
+    read_weights,
+    save_training_state,
+    save_weights,
+)
 from r2b.train.config import DataConfig, RuntimeConfig, StageConfig
 from r2b.train.evaluate import eval_batches, evaluate
 from r2b.train.guard import StopSignals, diverged, step_flags, stop_agreed
@@ -287,11 +296,12 @@ class StageTraining:
 
     def run(self) -> StageProgress:
         if self.stage.epochs == 0 and not self.progress.history:
-            row = {"epoch": 0, "step": 0, **self._evaluations(), "time_s": 0.0}
+            row = {"epoch": 0, "step": 0, **self._evaluations(final=True), "time_s": 0.0}
             self._record(row)
             self._save_epoch(row)
         for epoch in range(self.progress.epoch, self.stage.epochs):
             self._train_epoch(epoch)
+        self._test_selected()
         self.log.close()
         return self.progress
 
@@ -389,7 +399,7 @@ class StageTraining:
         """The epoch's row of ``metrics.csv``: its sums over every process, evaluations, flip
         ratio; the progress counts the epoch."""
         sums = run.sums.summed(self.fabric)
-        evals = self._evaluations()
+        evals = self._evaluations(final=run.epoch + 1 == self.stage.epochs)
         new_signs = weight_signs(self.model)
         flips, self.signs = flip_ratio(self.signs, new_signs), new_signs
         self.progress.epoch = run.epoch + 1
@@ -413,15 +423,44 @@ class StageTraining:
             autocast=fabric.autocast, channels_last=job.channels_last,
         )  # fmt: skip
 
-    def _evaluations(self) -> dict:
-        """Test (and validation) loss, top-1 and top-5 of the model now, as row entries."""
+    def _evaluations(self, final: bool) -> dict:
+        """Validation and test loss, top-1 and top-5 of the model now, as row entries; test only
+        after the ``final`` epoch when the test split is not evaluated every epoch."""
+        test = self.job.data.test_every_epoch or final or self.job.val_set is None
         out = {}
-        for split, dataset in (("val", self.job.val_set), ("test", self.job.test_set)):
+        for split, dataset in (
+            ("val", self.job.val_set),
+            ("test", self.job.test_set if test else None),
+        ):
             if dataset is not None:
-                ev = self._evaluate(dataset)
-                out.update({f"{split}_loss": ev["loss"], f"{split}_top1": ev["top1"],
-                            f"{split}_top5": ev["top5"]})  # fmt: skip
+                out.update(_split_entries(split, self._evaluate(dataset)))
         return out
+
+    def _test_selected(self) -> None:
+        """The selected epoch's test figures when its row has none (``data.test_every_epoch:
+        false``): evaluate ``best.safetensors``' weights on test, fill its row, re-save it and the
+        state; the model keeps the last epoch's weights. Resumable: it runs until it is saved."""
+        best = next(
+            (r for r in self.progress.history if r["epoch"] == self.progress.best_epoch), None
+        )
+        if best is None or best.get("test_top1") is not None:
+            return
+        last = {k: v.clone() for k, v in self.model.state_dict().items()}
+        tensors, _, _ = read_weights(self.job.folder.best)
+        self.model.load_state_dict(tensors)
+        best.update(_split_entries("test", self._evaluate(self.job.test_set)))
+        self.progress.best_top1, self.progress.best_top5 = best["test_top1"], best["test_top5"]
+        if self.writer:
+            save_weights(self.job.folder.best, self.model, self._info(best))
+        self.model.load_state_dict(last)
+        if self.writer:
+            save_training_state(
+                self.job.folder.state, self.model, self.optimizer, self.progress.to_json()
+            )
+            self.log.write_csv()
+            self.job.log(f"[{self.stage.name}] selected epoch {best['epoch']}: test top-1 "
+                         f"{best['test_top1']:.2f}% top-5 {best['test_top5']:.2f}%")  # fmt: skip
+        self.fabric.barrier()
 
     # ----------------------------------------------------------------------- saving
 
@@ -432,10 +471,7 @@ class StageTraining:
 
     def _save_epoch(self, row: dict) -> None:
         """Checkpoints and metrics of a finished epoch (rank 0), best first, state last."""
-        info = {**self.job.info, "epoch": row["epoch"], "top1": row["test_top1"],
-                "top5": row["test_top5"], "val_top1": row.get("val_top1"),
-                "selected_on": self.selected_on}  # fmt: skip
-        folder = self.job.folder
+        folder, info = self.job.folder, self._info(row)
         if self.writer:
             if row["epoch"] == self.progress.best_epoch:
                 save_weights(folder.best, self.model, info)
@@ -443,6 +479,12 @@ class StageTraining:
             save_training_state(folder.state, self.model, self.optimizer, self.progress.to_json())
             self.log.write_csv()
         self.fabric.barrier()
+
+    def _info(self, row: dict) -> dict:
+        """The ``info`` record of a weights file saved after the epoch of ``row``."""
+        return {**self.job.info, "epoch": row["epoch"], "top1": row.get("test_top1"),
+                "top5": row.get("test_top5"), "val_top1": row.get("val_top1"),
+                "selected_on": self.selected_on}  # fmt: skip
 
     def _save_stopped_pass(self, run: EpochPass, batches: int) -> None:
         """The state in the middle of the pass after ``batches`` batches (every process's
@@ -486,6 +528,11 @@ class StageTraining:
         )
 
 
+def _split_entries(split: str, ev: dict) -> dict:
+    """``{split}_loss``, ``{split}_top1``, ``{split}_top5`` row entries of an evaluation."""
+    return {f"{split}_loss": ev["loss"], f"{split}_top1": ev["top1"], f"{split}_top5": ev["top5"]}
+
+
 def _epoch_line(stage: StageConfig, row: dict) -> str:
     parts = [
         f"[{stage.name}] epoch {row['epoch']}/{stage.epochs}",
@@ -494,7 +541,8 @@ def _epoch_line(stage: StageConfig, row: dict) -> str:
     ]
     if row.get("val_top1") is not None:
         parts.append(f"val top-1 {row['val_top1']:.2f}%")
-    parts += [f"test top-1 {row['test_top1']:.2f}% top-5 {row['test_top5']:.2f}%"]
+    if row.get("test_top1") is not None:
+        parts.append(f"test top-1 {row['test_top1']:.2f}% top-5 {row['test_top5']:.2f}%")
     if row.get("flip_ratio") is not None:
         parts.append(f"flips {100 * row['flip_ratio']:.2f}%")
     parts.append(f"{row['time_s']:.0f}s")

@@ -75,8 +75,8 @@ class StageProgress:
         best so far (``row`` is already in ``history``)."""
         if score > self.best_score:
             self.best_score = score
-            self.best_top1 = row["test_top1"]
-            self.best_top5 = row["test_top5"]
+            self.best_top1 = row.get("test_top1")  # None until tested (data.test_every_epoch)
+            self.best_top5 = row.get("test_top5")
             self.best_val_top1 = row.get("val_top1")
             self.best_epoch = row["epoch"]
 

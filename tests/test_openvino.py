@@ -325,41 +325,19 @@ def test_cli_export_openvino_and_its_errors(tmp_path, capsys):
     assert "--input-size" in err
 
 
+def _export_untrained_argv(fmt: str, out) -> list[str]:
+    """``r2b export`` of an untrained small strong baseline to ``out`` in format ``fmt``."""
+    return ["export", "sb_resnet18", "--stem", "cifar", "--width", "0.125", "--format", fmt,
+            "-o", str(out)]  # fmt: skip
+
+
 def test_cli_missing_extras_name_them(tmp_path, capsys, monkeypatch):
     """Without the openvino package, or without r2b.lce's dependency: one line naming the extra."""
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
-    err = _one_line_error(
-        capsys,
-        [
-            "export",
-            "sb_resnet18",
-            "--stem",
-            "cifar",
-            "--width",
-            "0.125",
-            "--format",
-            "openvino",
-            "-o",
-            str(tmp_path / "m.xml"),
-        ],
-    )
+    err = _one_line_error(capsys, _export_untrained_argv("openvino", tmp_path / "m.xml"))
     assert '.[openvino]"' in err
     monkeypatch.setitem(sys.modules, "r2b.lce", None)
-    err = _one_line_error(
-        capsys,
-        [
-            "export",
-            "sb_resnet18",
-            "--stem",
-            "cifar",
-            "--width",
-            "0.125",
-            "--format",
-            "lce",
-            "-o",
-            str(tmp_path / "m.tflite"),
-        ],
-    )
+    err = _one_line_error(capsys, _export_untrained_argv("lce", tmp_path / "m.tflite"))
     assert "r2b.lce" in err
 
 

@@ -80,6 +80,16 @@ CONVERGED_ROWS = [
 ]
 
 
+#: The attention-weight sweep (issue 12): Real-to-Bin's fp and ban stages per beta, selected on
+#: validation, with the Table 3 pipeline's seed-0 teacher.
+BETA_ROWS = [
+    ("real ResNet-18 (Table 3's seed-0 teacher)", ["teacher"], ()),
+    ("Real-to-Bin fp → ban, β = 0.3", ["fp_beta0p3", "ban_beta0p3"], ()),
+    ("Real-to-Bin fp → ban, β = 1", ["fp_beta1", "ban_beta1"], ()),
+    ("Real-to-Bin fp → ban, β = 3", ["fp_beta3", "ban_beta3"], ()),
+]
+
+
 class Pipeline(NamedTuple):
     """One ``--pipeline``: its config, table rows and results name; the margins the table
     states (final stage of a row minus final stage of another); for the converged protocol, the
@@ -104,6 +114,10 @@ PIPELINES = {
         margins=(("r2b_bnn", "sb_bnn"), ("r2b_bnn", "sb2n_bnn")),
         doubled=("sb_bnn", "sb2n_bnn"),
         title="Converged protocol (benchmarks/c10_mini/converged.yaml)",
+    ),
+    "beta": Pipeline(
+        HERE / "c10_mini" / "beta_sweep.yaml", BETA_ROWS, "c10_beta_sweep",
+        title="Attention weight β, selected on validation (benchmarks/c10_mini/beta_sweep.yaml)",
     ),
 }  # fmt: skip
 
@@ -610,7 +624,8 @@ def main() -> None:
         choices=sorted(PIPELINES),
         default="table3",
         help="table3: the paper's Table 3 rows (default); families: Bi-Real, ReActNet; "
-        "converged: SB at N and 2N epochs and Real-to-Bin on 250 images a class",
+        "converged: SB at N and 2N epochs and Real-to-Bin on 250 images a class; beta: the "
+        "attention weight, selected on validation",
     )
     p.add_argument("--runs", type=Path, default=None, help="run folders (benchmarks/runs/NAME)")
     p.add_argument("--data", type=Path, default=None, help="folder with train/ and test/")

@@ -6,6 +6,7 @@ validation-selected checkpoint."""
 import json
 import sys
 from argparse import Namespace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,8 @@ def test_pipeline_has_every_row_of_the_table_in_order(pipeline):
         assert [names.index(n) for n in stages] == sorted(names.index(n) for n in stages)
     assert {s.model.stem for s in cfg.stages} == {"cifar"}
     assert {s.model.width for s in cfg.stages} == {0.25}
-    base = {s.epochs for s in cfg.stages if not s.name.startswith(("sbcm_", "sb2n_"))}
+    trained = [s for s in cfg.stages if s.epochs]  # epochs 0: a copied checkpoint, evaluated
+    base = {s.epochs for s in trained if not s.name.startswith(("sbcm_", "sb2n_"))}
     assert len(base) == 1, "every stage gets the same epochs, but the rows that say otherwise"
 
 
@@ -311,3 +313,22 @@ def test_finished_seeds_are_not_trained_again_and_missing_stages_are_named(tmp_p
     results.write_text(json.dumps(record))
     with pytest.raises(SystemExit, match="seed 1 has not finished stage"):
         _collect(tmp_path, "table3")
+
+
+def test_beta_sweep_trains_table3s_real_to_bin_stages_but_for_beta():
+    """Every swept pair is pipeline.yaml's r2b_fp -> r2b_ban with only the attention weight
+    changed, on the same data split, and one pair is the table's own beta."""
+    sweep = load_config(run_c10_mini.PIPELINES["beta"].config, ["data.root=/nonexistent"])
+    table = load_config(run_c10_mini.PIPELINES["table3"].config, ["data.root=/nonexistent"])
+    for key in ("train_limit", "val_fraction"):
+        assert getattr(sweep.data, key) == getattr(table.data, key)
+    assert sweep.seed == table.seed == 0 and sweep.stage("teacher").epochs == 0
+    betas = []
+    for _, (fp, ban), _ in run_c10_mini.PIPELINES["beta"].rows[1:]:
+        for name, ref in ((fp, "r2b_fp"), (ban, "r2b_ban")):
+            swept, own = sweep.stage(name), table.stage(ref)
+            assert replace(swept, name=ref, teacher=own.teacher, init_from=own.init_from,
+                           loss=replace(swept.loss, att=own.loss.att)) == own  # fmt: skip
+        assert sweep.stage(fp).loss.att == sweep.stage(ban).loss.att
+        betas.append(sweep.stage(fp).loss.att)
+    assert table.stage("r2b_fp").loss.att in betas and len(set(betas)) == len(betas) >= 3

@@ -50,6 +50,7 @@ def main() -> None:
     if args.omp_dynamic != "inherit":
         os.environ["OMP_DYNAMIC"] = args.omp_dynamic.upper()
     import torch
+    from common import provenance
 
     from r2b.models import create_model
     from r2b.packed import to_packed
@@ -75,7 +76,8 @@ def main() -> None:
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     record = {
-        "machine": machine(), "threads": args.threads, "peak": peak, "results": results,
+        **provenance("bench_packed.py"), "machine": machine(), "threads": args.threads,
+        "peak": peak, "results": results,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
         "omp_dynamic": os.environ.get("OMP_DYNAMIC", "(default)"),
         "load_average_15min": os.getloadavg()[2],

@@ -35,6 +35,7 @@ import sys
 import time
 
 import torch
+from common import provenance
 
 from r2b.models import create_model
 
@@ -189,6 +190,7 @@ def main(argv=None) -> dict:
         models[v] = torch.compile(m) if args.compile else m
     wall, cpu, warm = time_steps(models, args)
     result = {
+        **{k: v for k, v in provenance("bench_train_speed.py").items() if k != "machine"},
         "config": {k: v for k, v in vars(args).items() if k not in ("json", "md")},
         "machine": f"{cpu_model()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads",
         "torch": torch.__version__,

@@ -1,8 +1,11 @@
-"""Helpers shared by the benchmark scripts: data unpacking, machine and commit descriptions."""
+"""Helpers shared by the benchmark scripts: data unpacking, machine and commit descriptions, and
+the provenance every results JSON records (command, commit, machine, load average)."""
 
 from __future__ import annotations
 
+import os
 import platform
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -59,3 +62,14 @@ def git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except OSError:
         return "unknown"
+
+
+def provenance(script: str) -> dict:
+    """What every results JSON records: the command that wrote it (``python benchmarks/<script>``
+    and this process's arguments), the commit, the machine and the 1/5/15-minute load average."""
+    return {
+        "command": shlex.join(["python", f"benchmarks/{script}", *sys.argv[1:]]),
+        "commit": git_commit(),
+        "machine": machine(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+    }

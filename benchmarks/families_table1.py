@@ -14,12 +14,10 @@ work in its FLOPs too, so its FLOPs column is larger; its BOPs count the same th
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from common import git_commit, machine
+from common import provenance
 
 from r2b.models import create_model, list_models
 from r2b.summary import summarize
@@ -73,9 +71,7 @@ def markdown(result: dict) -> str:
 def main() -> None:
     result = {
         "benchmark": "families_table1",
-        "command": shlex.join(["python", "benchmarks/families_table1.py", *sys.argv[1:]]),
-        "commit": git_commit(),
-        "machine": machine(),
+        **provenance("families_table1.py"),
         "input_size": 224,
         "paper_table1": PAPER_TABLE1,
         "rows": count(),

@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import REPO, git_commit, machine, unpack_cifar10
+from common import REPO, provenance, unpack_cifar10
 
 from r2b.train.run_folder import RunFolder, StageFolder
 
@@ -89,9 +89,7 @@ def main() -> None:
         stages[-1]["train_images_per_s"] = round(ips, 1) if ips else None
     record = {
         "benchmark": "gpu_r2b_cifar10",
-        "command": shlex.join(["python", "benchmarks/gpu_r2b_cifar10.py", *sys.argv[1:]]),
-        "commit": git_commit(),
-        "machine": machine(),
+        **provenance("gpu_r2b_cifar10.py"),
         "device": res.get("device"),
         "train_images": n_train,
         "total_seconds": res.get("total_time_s"),

@@ -87,7 +87,7 @@ def main() -> None:
     import torch
 
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from common import git_commit
+    from common import provenance
 
     from r2b.lce import export, op_histogram, read
     from r2b.lce.check import randomize_
@@ -102,7 +102,7 @@ def main() -> None:
         "command": "../shared/peers/run.sh $PWD/benchmarks/lce_ops.py --larq-convert "
         "/tmp/lce-larq-r2b.tflite && .venv/bin/python benchmarks/lce_ops.py --larq "
         "/tmp/lce-larq-r2b.tflite",
-        "commit": git_commit(),
+        **{k: v for k, v in provenance("lce_ops.py").items() if k != "command"},
         "input_size": args.size,
         "r2b_export": {
             "model": "r2b_resnet18 (ImageNet stem, width 1, 1000 classes, random weights and BN)",

@@ -71,7 +71,7 @@ FAMILY_ROWS = [
     ("ReActNet", ["react_ban", "react_bnn"], ()),
 ]
 
-#: The converged protocol (issue 12): 250 images a class, N = 15 epochs a stage, SB also at 2N.
+#: The converged protocol (issue 12): 200 images a class, N = 12 epochs a stage, SB also at 2N.
 CONVERGED_ROWS = [
     ("real ResNet-18", ["teacher"], (78.3,)),
     ("strong baseline (SB), N epochs", ["sb_ban", "sb_bnn"], (72.1, 69.6)),
@@ -128,10 +128,12 @@ PIPELINES = {
 def train_command(
     seed: int, run_dir: Path, data: Path, extra: list[str], config: Path = PIPELINES["table3"][0]
 ) -> list[str]:
-    """The ``r2b train`` call for one seed: a new run, or ``--resume`` of a started one."""
+    """The ``r2b train`` call for one seed: a new run, or ``--resume`` of a started one (with
+    ``extra``, the overrides of this call, which ``--resume`` accepts only where they change no
+    weight: ``runtime.*``, ``data.test_every_epoch``)."""
     cmd = [sys.executable, "-m", "r2b.cli", "train", "--out", str(run_dir)]
     if RunFolder(run_dir).config.is_file():
-        return cmd + ["--resume"]
+        return cmd + ["--resume"] + [a for s in extra for a in ("--set", s)]
     sets = [f"seed={seed}", f"data.root={data}", *extra]
     return cmd + ["--config", str(config)] + [a for s in sets for a in ("--set", s)]
 
@@ -624,7 +626,7 @@ def main() -> None:
         choices=sorted(PIPELINES),
         default="table3",
         help="table3: the paper's Table 3 rows (default); families: Bi-Real, ReActNet; "
-        "converged: SB at N and 2N epochs and Real-to-Bin on 250 images a class; beta: the "
+        "converged: SB at N and 2N epochs and Real-to-Bin on 200 images a class; beta: the "
         "attention weight, selected on validation",
     )
     p.add_argument("--runs", type=Path, default=None, help="run folders (benchmarks/runs/NAME)")

@@ -67,3 +67,14 @@ def test_resume_needs_the_saved_config_but_an_unfinished_stages_lr(tmp_path):
         run.check_use(build_config(CONFIG, ["stages.b.optim.lr=1e-4"]), resume=True)
     with pytest.raises(UserError, match=r"stages\[0\]\.epochs"):
         run.check_use(build_config(CONFIG, ["stages.a.epochs=2"]), resume=True)
+
+
+def test_resume_may_change_when_the_test_split_is_evaluated(tmp_path):
+    """``data.test_every_epoch`` changes no weight, so a resumed run may switch it (the saved
+    config stays); the validation split it needs may not change."""
+    run = RunFolder(tmp_path)
+    run.config.write_text(dump_yaml(build_config(CONFIG, ["data.val_fraction=0.2"])))
+    sets = ["data.val_fraction=0.2", "data.test_every_epoch=false"]
+    assert run.check_use(build_config(CONFIG, sets), resume=True) is False
+    with pytest.raises(UserError, match=r"data\.val_fraction"):
+        run.check_use(build_config(CONFIG, ["data.val_fraction=0.3", *sets[1:]]), resume=True)

@@ -9,8 +9,9 @@ Rules (``RunFolder.check_use``), checked before anything is written:
 - a new run needs a folder that does not exist yet or is empty (a stale ``train.lock`` aside),
   below a folder that is a folder and not a file;
 - ``--resume`` needs the folder of an earlier run (its ``config.yaml``) and the same config: only
-  ``runtime`` (devices, precision, threads) and, in stages that have not finished, the learning
-  rate (``RESUME_MAY_CHANGE``: after a diverged loss, resume with a lower one) may differ.
+  ``runtime`` (devices, precision, threads), ``data.test_every_epoch`` (when the test split is
+  evaluated, which changes no weight) and, in stages that have not finished, the learning rate
+  (``RESUME_MAY_CHANGE``: after a diverged loss, resume with a lower one) may differ.
 
 Whether a live process holds the folder is the lock's question (``r2b.train.lock``).
 """
@@ -195,7 +196,9 @@ class RunFolder:
                 "folder of an earlier r2b train, or drop --resume to start a new run"
             )
         old, new = to_dict(load_config(saved)), to_dict(cfg)
-        old.pop("runtime"), new.pop("runtime")
+        for record in (old, new):  # what changes no weight
+            record.pop("runtime")
+            record["data"].pop("test_every_epoch", None)
         keys = _diff_keys(old, new)
         refused = [k for k in keys if not self._may_change(k, cfg)]
         if refused:

@@ -101,6 +101,7 @@ class Pipeline(NamedTuple):
     margins: tuple[tuple[str, str], ...] = ()
     doubled: tuple[str, str] | None = None
     title: str = ""
+    choose: bool = False  # the rows after the first are candidates: pick one on validation
 
 
 PIPELINES = {
@@ -118,6 +119,7 @@ PIPELINES = {
     "beta": Pipeline(
         HERE / "c10_mini" / "beta_sweep.yaml", BETA_ROWS, "c10_beta_sweep",
         title="Attention weight β, selected on validation (benchmarks/c10_mini/beta_sweep.yaml)",
+        choose=True,
     ),
 }  # fmt: skip
 
@@ -317,6 +319,21 @@ def _doubling(rows: list[dict], doubled: tuple[str, str] | None) -> dict | None:
     }
 
 
+def _choice(rows: list[dict], choose: bool) -> dict | None:
+    """Of the candidate rows (all but the first), the one whose final stage has the best mean
+    validation top-1: a hyper-parameter selected on validation, never on test."""
+    candidates = [r for r in rows[1:] if r["stages"][-1]["val_top1"] is not None]
+    if not choose or not candidates:
+        return None
+    best = max(candidates, key=lambda r: _mean(r["stages"][-1]["val_top1"]))
+    return {
+        "row": best["row"],
+        "stage": best["stages"][-1]["stage"],
+        "val_top1": round(_mean(best["stages"][-1]["val_top1"]), 2),
+        "candidates": {r["row"]: round(_mean(r["stages"][-1]["val_top1"]), 2) for r in candidates},
+    }
+
+
 def _protocol(runs: dict[int, dict], rows: list[dict]) -> dict:
     """Data and model of the runs (first seed): images per split, validation fraction, limits,
     stem and width, epochs per stage."""
@@ -400,6 +417,7 @@ def collect(args) -> dict:
         "rows": rows,
         "margins": _margins(rows, pipeline.margins),
         "converged": _doubling(rows, pipeline.doubled),
+        "chosen": _choice(rows, pipeline.choose),
     }
 
 
@@ -578,11 +596,23 @@ def _converged_lines(result: dict) -> list[str]:
     return ["", f"{head} {verdict}"]
 
 
+def _choice_lines(result: dict) -> list[str]:
+    c = result.get("chosen")
+    if not c:
+        return []
+    others = ", ".join(f"{row} {v:.2f}" for row, v in c["candidates"].items())
+    return [
+        "",
+        f"Selected on validation: **{c['row']}** (its {c['stage']} has the best mean validation "
+        f"top-1, {c['val_top1']:.2f}; all: {others}). The test cells are reported, not used.",
+    ]
+
+
 def markdown(result: dict) -> str:
     """The results table with its caption, the margins and (converged) the doubling test."""
     table = _converged_table if result.get("converged") is not None else _table3
     lines = [*_caption(result), "", *table(result), *_margin_lines(result),
-             *_converged_lines(result)]  # fmt: skip
+             *_converged_lines(result), *_choice_lines(result)]  # fmt: skip
     hours = [h / 3600 for h in _training_seconds(result)]
     lines += [
         "",

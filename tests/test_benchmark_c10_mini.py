@@ -351,3 +351,22 @@ def test_train_command_starts_a_seed_or_resumes_it_with_this_calls_overrides(tmp
         "--set",
         extra[1],
     ]
+
+
+def test_beta_sweep_chooses_on_validation_not_on_test(tmp_path):
+    """β = 3 has the best validation top-1 and β = 1 the best test top-1: β = 3 is chosen."""
+    accs = {  # (val top-1, test top-1 of the selected epoch, last epoch's test top-1)
+        seed: {"ban_beta0p3": (50.0, 50.0, 50.0), "ban_beta1": (51.0 + seed, 60.0, 60.0),
+               "ban_beta3": (53.0, 52.0, 52.0)}
+        for seed in (0, 1)
+    }  # fmt: skip
+    _write_runs(tmp_path, "beta", accs)
+    result = _collect(tmp_path, "beta")
+    assert result["chosen"] == {
+        "row": "Real-to-Bin fp → ban, β = 3", "stage": "ban_beta3", "val_top1": 53.0,
+        "candidates": {"Real-to-Bin fp → ban, β = 0.3": 50.0, "Real-to-Bin fp → ban, β = 1": 51.5,
+                       "Real-to-Bin fp → ban, β = 3": 53.0},
+    }  # fmt: skip
+    assert "Selected on validation: **Real-to-Bin fp → ban, β = 3** (its ban_beta3 has" in (
+        run_c10_mini.markdown(result)
+    )

@@ -159,7 +159,7 @@ class Sitting:
         self.start = time.time()
         self.loads = [os.getloadavg()[0]]
         self.records.append({
-            "commit": git_commit(), "machine": machine(), "seeds": seeds,
+            "commit": git_commit(), "machine": machine(), "seeds": list(seeds),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.start)),
         })  # fmt: skip
         self.save()
@@ -366,7 +366,7 @@ def resolve_commit(ref: str) -> str:
 def _trained_at(args) -> dict:
     """The commit(s) the runs were trained at and where that comes from."""
     if getattr(args, "trained_at", None):
-        return {"commits": [args.trained_at], "source": "--trained-at"}
+        return {"commits": list(args.trained_at), "source": "--trained-at"}
     path = args.runs / SITTINGS_FILE
     sittings = json.loads(path.read_text()) if path.is_file() else []
     commits = [s["commit"] for s in sittings if set(s["seeds"]) & set(args.seeds)]
@@ -671,9 +671,10 @@ def main() -> None:
     )
     p.add_argument(
         "--trained-at",
+        nargs="+",
         default=None,
         metavar="COMMIT",
-        help=f"the commit the runs were trained at (default: --runs/{SITTINGS_FILE}, "
+        help=f"the commit(s) the runs were trained at (default: --runs/{SITTINGS_FILE}, "
         "else the current commit)",
     )
     args = p.parse_args()
@@ -682,7 +683,7 @@ def main() -> None:
     args.config, args.rows, name = pipeline.config, pipeline.rows, pipeline.name
     args.runs = args.runs or REPO / "benchmarks" / "runs" / name
     if args.trained_at:
-        args.trained_at = resolve_commit(args.trained_at)
+        args.trained_at = [resolve_commit(c) for c in args.trained_at]
     if not args.tables_only:
         data = args.data or unpack_cifar10()
         args.runs.mkdir(parents=True, exist_ok=True)

@@ -137,7 +137,7 @@ def _write_runs(runs: Path, pipeline: str, accs: dict[int, dict], val: bool = Tr
         run.results.write_text(json.dumps(results))
 
 
-def _collect(runs: Path, pipeline: str, trained_at: str | None = None) -> dict:
+def _collect(runs: Path, pipeline: str, trained_at: list[str] | None = None) -> dict:
     pipe = run_c10_mini.PIPELINES[pipeline]
     args = Namespace(runs=runs, seeds=[0, 1], command="python benchmarks/run_c10_mini.py",
                      config=pipe.config, rows=pipe.rows, pipeline=pipeline,
@@ -155,7 +155,7 @@ TABLE3 = {  # (val top-1, test top-1 of the selected epoch, last epoch's test to
 
 def test_table_reports_the_validation_selected_checkpoint_and_both_margins(tmp_path):
     _write_runs(tmp_path, "table3", TABLE3)
-    result = _collect(tmp_path, "table3", trained_at="b52bdeb" + "0" * 33)
+    result = _collect(tmp_path, "table3", trained_at=["b52bdeb" + "0" * 33])
     sb = next(r for r in result["rows"] if r["row"] == "strong baseline (SB)")["stages"][-1]
     assert sb["test_top1"] == [55.0, 57.0] and sb["val_top1"] == [54.0, 56.0]
     assert sb["last_top1"] == [54.0, 57.5] and sb["selected_epoch"] == [2, 2]
@@ -370,3 +370,13 @@ def test_beta_sweep_chooses_on_validation_not_on_test(tmp_path):
     assert "Selected on validation: **Real-to-Bin fp → ban, β = 3** (its ban_beta3 has" in (
         run_c10_mini.markdown(result)
     )
+
+
+def test_a_sitting_records_the_seeds_it_started_with(tmp_path):
+    """run_seeds pops the pending seeds off its list as it starts them: the record keeps them."""
+    pending = [0, 1]
+    sitting = run_c10_mini.Sitting(tmp_path, pending)
+    pending.clear()
+    sitting.save()
+    (record,) = json.loads((tmp_path / run_c10_mini.SITTINGS_FILE).read_text())
+    assert record["seeds"] == [0, 1] and record["commit"]

@@ -320,17 +320,19 @@ def _doubling(rows: list[dict], doubled: tuple[str, str] | None) -> dict | None:
 
 
 def _choice(rows: list[dict], choose: bool) -> dict | None:
-    """Of the candidate rows (all but the first), the one whose final stage has the best mean
-    validation top-1: a hyper-parameter selected on validation, never on test."""
+    """Of the candidate rows (all but the first), the ones whose final stage has the best mean
+    validation top-1 (more than one on a tie): a hyper-parameter selected on validation, never
+    on test."""
     candidates = [r for r in rows[1:] if r["stages"][-1]["val_top1"] is not None]
     if not choose or not candidates:
         return None
-    best = max(candidates, key=lambda r: _mean(r["stages"][-1]["val_top1"]))
+    val = {r["row"]: round(_mean(r["stages"][-1]["val_top1"]), 2) for r in candidates}
+    best = max(val.values())
     return {
-        "row": best["row"],
-        "stage": best["stages"][-1]["stage"],
-        "val_top1": round(_mean(best["stages"][-1]["val_top1"]), 2),
-        "candidates": {r["row"]: round(_mean(r["stages"][-1]["val_top1"]), 2) for r in candidates},
+        "rows": [r for r, v in val.items() if v == best],
+        "stage": candidates[0]["stages"][-1]["variant"],
+        "val_top1": best,
+        "candidates": val,
     }
 
 
@@ -600,11 +602,13 @@ def _choice_lines(result: dict) -> list[str]:
     c = result.get("chosen")
     if not c:
         return []
-    others = ", ".join(f"{row} {v:.2f}" for row, v in c["candidates"].items())
+    every = ", ".join(f"{row} {v:.2f}" for row, v in c["candidates"].items())
+    best = " and ".join(f"**{row}**" for row in c["rows"])
+    verdict = "Selected on validation" if len(c["rows"]) == 1 else "Tied on validation"
     return [
         "",
-        f"Selected on validation: **{c['row']}** (its {c['stage']} has the best mean validation "
-        f"top-1, {c['val_top1']:.2f}; all: {others}). The test cells are reported, not used.",
+        f"{verdict}: {best} (the best mean validation top-1 of the {c['stage']} stage, "
+        f"{c['val_top1']:.2f}; all: {every}). The test cells are reported, not used.",
     ]
 
 

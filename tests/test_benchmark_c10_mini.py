@@ -363,12 +363,19 @@ def test_beta_sweep_chooses_on_validation_not_on_test(tmp_path):
     _write_runs(tmp_path, "beta", accs)
     result = _collect(tmp_path, "beta")
     assert result["chosen"] == {
-        "row": "Real-to-Bin fp → ban, β = 3", "stage": "ban_beta3", "val_top1": 53.0,
+        "rows": ["Real-to-Bin fp → ban, β = 3"], "stage": "ban", "val_top1": 53.0,
         "candidates": {"Real-to-Bin fp → ban, β = 0.3": 50.0, "Real-to-Bin fp → ban, β = 1": 51.5,
                        "Real-to-Bin fp → ban, β = 3": 53.0},
     }  # fmt: skip
-    assert "Selected on validation: **Real-to-Bin fp → ban, β = 3** (its ban_beta3 has" in (
+    assert "Selected on validation: **Real-to-Bin fp → ban, β = 3** (the best mean" in (
         run_c10_mini.markdown(result)
+    )
+    accs[0]["ban_beta1"] = accs[1]["ban_beta1"] = (53.0, 60.0, 60.0)  # now a tie with β = 3
+    _write_runs(tmp_path / "tie", "beta", accs)
+    tie = _collect(tmp_path / "tie", "beta")
+    assert tie["chosen"]["rows"] == ["Real-to-Bin fp → ban, β = 1", "Real-to-Bin fp → ban, β = 3"]
+    assert "Tied on validation: **Real-to-Bin fp → ban, β = 1** and **" in (
+        run_c10_mini.markdown(tie)
     )
 
 

@@ -2,6 +2,7 @@
 values, oneDNN's integer products against an int64 oracle, whole packed networks equal to their
 fake-quantised reference bit for bit and thread-invariant, and the calibration subset."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +12,9 @@ from torch import nn
 from r2b.errors import UserError
 from r2b.models import create_model, list_models
 from r2b.packed import load, save, to_packed
+from r2b.packed.fileformat import PackedFileError, from_parts, read
 from r2b.packed.int8 import (
+    WEIGHT_LEVELS,
     ActivationRange,
     Dequantize,
     Int8Conv2d,
@@ -39,10 +42,10 @@ def test_activations_round_half_to_even_and_clamp():
 
 
 def test_weights_per_channel_symmetric():
-    w = torch.tensor([[0.5, -1.0, 0.25], [2.0, 1.0, -0.01], [0.0, 0.0, 0.0]])
+    w = torch.tensor([[32.5 / 64, -1.0, 0.25], [2.0, 1.0, -0.02], [0.0, 0.0, 0.0]])
     w_q, scale = quantize_weight(w)
-    assert scale.tolist() == [1 / 127, 2 / 127, 1.0]
-    assert w_q.tolist() == [[64, -127, 32], [127, 64, -1], [0, 0, 0]]  # 63.5 -> 64, 31.75 -> 32
+    assert scale.tolist() == [1 / 64, 2 / 64, 1.0]
+    assert w_q.tolist() == [[32, -64, 16], [64, 32, -1], [0, 0, 0]]  # 32.5 -> 32, -0.64 -> -1
 
 
 def test_folded_batchnorm_is_bn_of_conv():
@@ -77,7 +80,9 @@ def test_int8_conv_is_exact_integer_arithmetic(shape):
     n, cin, cout, k, stride, pad, side, z = shape
     gen = torch.Generator().manual_seed(cin + z)
     conv = Int8Conv2d(nn.Conv2d(cin, cout, k, stride, pad, bias=False))
-    conv.weight_q.copy_(torch.randint(-127, 128, conv.weight_q.shape, generator=gen))
+    levels = WEIGHT_LEVELS
+    conv.weight_q.copy_(torch.randint(-levels, levels + 1, conv.weight_q.shape, generator=gen))
+    conv.weight_q[0] = levels  # products at the bound: 255 * 64 in every pair of channel 0
     conv.inv_scale.fill_(1.0)
     conv.zero_point.fill_(z)
     q = torch.randint(0, 256, (n, cin, side, side), generator=gen)
@@ -135,6 +140,14 @@ def test_int8_file_round_trip(tmp_path):
     x = torch.randn(4, 3, 64, 64)
     assert torch.equal(loaded(x), packed(x))
     assert loaded.record.float_layers == "int8" and size < float_size
+    header, tensors = read(tmp_path / "m.r2b")
+    assert all(np.abs(t.astype(np.int16)).max() <= WEIGHT_LEVELS
+               for k, t in tensors.items() if k.endswith("weight_q"))  # fmt: skip
+    stem = next(k for k in tensors if k.endswith("weight_q"))
+    tensors[stem] = tensors[stem].copy()
+    tensors[stem].flat[0] = 127  # what files made before the +-64 limit could hold
+    with pytest.raises(PackedFileError, match="int8 weights beyond"):
+        from_parts(header, tensors, "old.r2b")
 
 
 def test_int8_needs_calibration_and_a_known_choice():

@@ -204,7 +204,13 @@ def load(path: str | Path) -> PackedResNet:
 def from_parts(header: dict, tensors: dict[str, np.ndarray], source: str) -> PackedResNet:
     """The ``PackedResNet`` of a decoded header and tensor table."""
     from r2b.models import model_from_arch
-    from r2b.packed.int8 import int8_sites, int8_structure, onednn_available, set_backend
+    from r2b.packed.int8 import (
+        WEIGHT_LEVELS,
+        int8_sites,
+        int8_structure,
+        onednn_available,
+        set_backend,
+    )
 
     def fail(what: str) -> PackedFileError:
         return PackedFileError(f"packed model {source} is {what}; export it again")
@@ -238,6 +244,14 @@ def from_parts(header: dict, tensors: dict[str, np.ndarray], source: str) -> Pac
         if key not in tensors or tuple(tensors[key].shape) != tuple(value.shape):
             raise fail(f"inconsistent (tensor {key!r} missing or mis-shaped)")
         state[key] = torch.from_numpy(tensors[key])
+        if (
+            key.endswith("weight_q")
+            and int(np.abs(tensors[key].astype(np.int16)).max()) > WEIGHT_LEVELS
+        ):
+            raise fail(
+                f"of int8 weights beyond +-{WEIGHT_LEVELS} (files written before that limit "
+                "held up to +-127, which x86 CPUs without VNNI do not multiply exactly)"
+            )
     model.load_state_dict(state, strict=False)
     model.eval()
     convs = []

@@ -13,7 +13,7 @@ per output channel, ``b' = beta - mu * g / sqrt(v + e)``):
                  [lo, hi] = [min(0, min x), max(0, max x)], s_x = (hi - lo) / 255,
                  z = clamp(round(-lo / s_x), 0, 255)
     q            = clamp(rne(x * (1 / s_x)) + z, 0, 255)       uint8, rne = round half to even
-    s_w[o]       = max |W'[o]| / 127,  w_q = rne(W' / s_w[o]) in [-127, 127]   int8, per channel
+    s_w[o]       = max |W'[o]| / 64,  w_q = rne(W' / s_w[o]) in [-64, 64]   int8, per channel
     acc[o]       = sum_k (q_k - z) * w_q[o, k]                  exact integer (padding: q = z)
     y[o]         = float32(acc[o]) * m[o] + b'[o]               two float32 roundings,
                  m[o] = float32(s_x * s_w[o])
@@ -22,6 +22,15 @@ per output channel, ``b' = beta - mu * g / sqrt(v + e)``):
 Inference", CVPR 2018: asymmetric uint8 activations, symmetric per-channel int8 weights; the
 dequantised output stays float32 here because the next step is a float one: the stem's
 PReLU/max-pool tail or a residual add.)
+
+**Why weights in [-64, 64].** On an x86 CPU without VNNI (AVX2, or AVX-512 before Cascade Lake),
+oneDNN's uint8 x int8 products go through ``vpmaddubsw``, which adds each pair of products into a
+saturating int16: with weights up to 127 a pair reaches 2 * 255 * 127 = 64,770 and the sum comes
+out wrong (measured on an AVX2 AMD EPYC: the engine then differed from its reference on real
+images and lost a point of top-1). With ``|w_q| <= 64`` a pair is at most 2 * 255 * 64 = 32,640
+<= 32,767, so the integer sums are exact on every x86 CPU, and a ``.r2b`` file made on a VNNI
+machine stays exact on one without (PyTorch's x86 quantisation takes the other bit, from the
+activations: ``reduce_range``; an image is 8-bit data, so here the weights give it up).
 
 **Exactness.** ``acc`` is an integer; the engine computes it with oneDNN's int8 convolution
 (``torch.ops.onednn.qconv2d_pointwise`` with unit scales and a float32 output: VNNI / AMX on
@@ -47,6 +56,8 @@ from r2b.errors import UserError
 
 #: backends of the integer product: oneDNN's int8 kernels, or the float64 oracle
 BACKENDS = ("onednn", "reference")
+#: largest |w_q|: 2 * 255 * 64 fits the int16 pair sums of x86 CPUs without VNNI
+WEIGHT_LEVELS = 64
 
 
 @dataclass(frozen=True)
@@ -73,12 +84,13 @@ def quantize_activations(x: torch.Tensor, inv_scale: torch.Tensor, zero_point: i
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(w_q, s_w)``: symmetric per-output-channel int8 (``[-127, 127]``) and float64 scales."""
+    """``(w_q, s_w)``: symmetric per-output-channel int8 in ``[-WEIGHT_LEVELS, WEIGHT_LEVELS]``
+    (the module docstring says why not 127) and float64 scales."""
     w = weight.detach().double()
     peak = w.reshape(w.shape[0], -1).abs().amax(dim=1)
-    scale = torch.where(peak > 0, peak / 127.0, torch.ones_like(peak))
+    scale = torch.where(peak > 0, peak / WEIGHT_LEVELS, torch.ones_like(peak))
     view = (-1,) + (1,) * (w.dim() - 1)
-    w_q = torch.round(w / scale.view(view)).clamp_(-127, 127).to(torch.int8)
+    w_q = torch.round(w / scale.view(view)).clamp_(-WEIGHT_LEVELS, WEIGHT_LEVELS).to(torch.int8)
     return w_q, scale
 
 
@@ -310,13 +322,18 @@ def int8_reference(model: nn.Module, calibration: Iterable[torch.Tensor]) -> nn.
 
 def onednn_available() -> bool:
     """Whether this PyTorch runs oneDNN's int8 convolution (x86 builds do); checked once on a
-    tiny conv against the float64 oracle. Without it the engine uses the oracle (exact, slow)."""
+    tiny conv against the float64 oracle, with products at the largest values the quantisation
+    gives (uint8 255 times +-WEIGHT_LEVELS: a kernel whose pair sums saturate fails it). Without
+    it the engine uses the oracle (exact, slow)."""
     global _ONEDNN
     if _ONEDNN is None:
-        conv = Int8Conv2d(nn.Conv2d(4, 2, 3, padding=1, bias=False))
-        conv.weight_q.copy_(torch.arange(72).reshape(2, 4, 3, 3) % 7 - 3)
+        conv = Int8Conv2d(nn.Conv2d(4, 3, 3, padding=1, bias=False))
+        w = torch.arange(108).reshape(3, 4, 3, 3) % 7 - 3
+        w[0], w[1] = WEIGHT_LEVELS, -WEIGHT_LEVELS
+        conv.weight_q.copy_(w)
         conv.zero_point.fill_(3)
         x = torch.arange(2 * 4 * 5 * 5, dtype=torch.float32).reshape(2, 4, 5, 5) % 11
+        x[0] = 300.0  # quantises to 255
         try:
             fast = conv(x)
             conv.set_backend("reference")

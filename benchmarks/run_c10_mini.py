@@ -71,7 +71,7 @@ FAMILY_ROWS = [
     ("ReActNet", ["react_ban", "react_bnn"], ()),
 ]
 
-#: The converged protocol (issue 12): 200 images a class, N = 12 epochs a stage, SB also at 2N.
+#: The converged protocol (issue 12): 150 images a class, N = 20 epochs a stage, SB also at 2N.
 CONVERGED_ROWS = [
     ("real ResNet-18", ["teacher"], (78.3,)),
     ("strong baseline (SB), N epochs", ["sb_ban", "sb_bnn"], (72.1, 69.6)),
@@ -341,7 +341,8 @@ def _protocol(runs: dict[int, dict], rows: list[dict]) -> dict:
     stem and width, epochs per stage."""
     first = runs[min(runs)]
     data, cfg = first["results"].get("data", {}), first["config"]
-    model = (cfg.get("stages") or [{}])[0].get("model", {})
+    model_stage = (cfg.get("stages") or [{}])[0]
+    model = model_stage.get("model", {})
     return {
         "dataset": first["results"].get("dataset"),
         "num_classes": data.get("num_classes"),
@@ -352,6 +353,7 @@ def _protocol(runs: dict[int, dict], rows: list[dict]) -> dict:
         "train_limit": cfg.get("data", {}).get("train_limit"),
         "stem": model.get("stem"),
         "width": model.get("width"),
+        "batch_size": model_stage.get("batch_size"),
         "epochs": {s["stage"]: s["epochs"] for r in rows for s in r["stages"]},
     }
 
@@ -470,6 +472,11 @@ def _data_text(p: dict) -> str:
     )
 
 
+def _batch_text(p: dict) -> str:
+    """', batch 32' (runs written before the batch size was recorded: nothing)."""
+    return f", batch {p['batch_size']}" if p.get("batch_size") else ""
+
+
 def _caption(result: dict) -> list[str]:
     """The protocol, the selection rule and the provenance."""
     p = result["protocol"]
@@ -489,7 +496,8 @@ def _caption(result: dict) -> list[str]:
     trained = ", ".join(c[:10] for c in result["trained_at"]["commits"])
     load = " ".join(f"{v:.2f}" for v in result["load_average"])
     return [
-        f"{head}CIFAR-10, {_data_text(p)}; ResNet-18, {p['stem']} stem, width {p['width']}; "
+        f"{head}CIFAR-10, {_data_text(p)}; ResNet-18, {p['stem']} stem, width {p['width']}"
+        f"{_batch_text(p)}; "
         f"{_epochs_text(result)}; seeds {result['seeds']}.",
         rule,
         f"Command: `{result['command']}` · trained at commit {trained} · tables written at "
@@ -660,7 +668,7 @@ def main() -> None:
         choices=sorted(PIPELINES),
         default="table3",
         help="table3: the paper's Table 3 rows (default); families: Bi-Real, ReActNet; "
-        "converged: SB at N and 2N epochs and Real-to-Bin on 200 images a class; beta: the "
+        "converged: SB at N and 2N epochs and Real-to-Bin on 150 images a class; beta: the "
         "attention weight, selected on validation",
     )
     p.add_argument("--runs", type=Path, default=None, help="run folders (benchmarks/runs/NAME)")

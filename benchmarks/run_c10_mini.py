@@ -71,7 +71,7 @@ FAMILY_ROWS = [
     ("ReActNet", ["react_ban", "react_bnn"], ()),
 ]
 
-#: The converged protocol (issue 12): 150 images a class, N = 20 epochs a stage, SB also at 2N.
+#: The converged protocol (issue 12): 150 images a class, N = 60 epochs a stage, SB also at 2N.
 CONVERGED_ROWS = [
     ("real ResNet-18", ["teacher"], (78.3,)),
     ("strong baseline (SB), N epochs", ["sb_ban", "sb_bnn"], (72.1, 69.6)),

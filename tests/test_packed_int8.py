@@ -21,10 +21,12 @@ from r2b.packed.int8 import (
     fold_batchnorm,
     int8_reference,
     int8_sites,
+    int_mm_exact,
     onednn_available,
     quantize_activations,
     quantize_weight,
 )
+from r2b.packed.layers import PackedDownsample, quantized_input
 
 
 def test_activation_grid_holds_zero_and_the_range():
@@ -91,6 +93,49 @@ def test_int8_conv_is_exact_integer_arithmetic(shape):
     assert torch.equal(conv(x).double(), expected.double())
     conv.set_backend("reference")
     assert torch.equal(conv(x).double(), expected.double())
+
+
+def _ties(shape, seed):
+    """Values whose products with 2.0 land on halves (ties), with some far outside [0, 255]."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(-600, 1200, shape, generator=gen).float() * 0.25
+    x.view(-1)[::7] = 0.5 * torch.randint(-3, 600, x.view(-1)[::7].shape, generator=gen).float()
+    return x
+
+
+@pytest.mark.parametrize("pool", [False, True])
+def test_compiled_quantisation_equals_pytorch_ops(pool):
+    conv = Int8Conv2d(nn.Conv2d(5, 4, 1, bias=False))
+    conv.inv_scale.fill_(2.0)
+    conv.zero_point.fill_(7)
+    x = _ties((2, 5, 6, 10), seed=3)
+    source = F.avg_pool2d(x, 2) if pool else x
+    expected = quantize_activations(source, conv.inv_scale, 7)
+    got = quantized_input(conv, x, pool=pool)
+    assert got.is_contiguous(memory_format=torch.channels_last) and got.dtype == torch.uint8
+    assert torch.equal(got, expected)
+    assert {0, 255} <= set(got.unique().tolist())  # both clamps were reached
+
+
+@pytest.mark.skipif(not int_mm_exact(), reason="torch._int_mm is missing or inexact here")
+def test_downsample_matrix_product_gives_the_int8_conv_sums():
+    pool = nn.AvgPool2d(2, 2)
+    conv = Int8Conv2d(nn.Conv2d(64, 32, 1, bias=False))
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randint(-WEIGHT_LEVELS, WEIGHT_LEVELS + 1, conv.weight_q.shape, generator=gen)
+    w[0] = WEIGHT_LEVELS  # products at the bound
+    conv.weight_q.copy_(w)
+    conv.inv_scale.fill_(2.0)
+    conv.zero_point.fill_(9)
+    dequantize = Dequantize(32)
+    shortcut = PackedDownsample(pool, conv, dequantize)
+    x = _ties((3, 64, 8, 12), seed=4)
+    sums = shortcut.int_mm_sums(x)  # (O, N, P): sum (q - 128) w
+    vectors = shortcut.sums_vectors(32)
+    conv.set_backend("reference")
+    expected = conv(pool(x))  # float64 oracle of sum (q - z) w, rounded once to float32
+    acc = sums.double() + torch.from_numpy(vectors["res_c"]).double().view(-1, 1, 1)
+    assert torch.equal(acc.reshape(32, 3, 4, 6).permute(1, 0, 2, 3), expected.double())
 
 
 def test_dequantize_rounds_twice():

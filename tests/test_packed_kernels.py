@@ -44,7 +44,7 @@ def test_threaded_half_block_equals_serial():
         xp2 = second.conv.packed_buffer(3, 32, 32)
         y2 = np.zeros_like(out)
         kernels.half_block(first._static(second), xp, gain.numpy(), shortcut.numpy(), out, xp2,
-                           y2, launch)  # fmt: skip
+                           y2, np.zeros((1, 1, 1), np.int32), launch)  # fmt: skip
         results.append((out, xp2, y2))
     with torch.no_grad():
         expected = model.blocks[0].half1(x)

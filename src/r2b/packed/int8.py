@@ -34,7 +34,10 @@ activations: ``reduce_range``; an image is 8-bit data, so here the weights give 
 
 **Exactness.** ``acc`` is an integer; the engine computes it with oneDNN's int8 convolution
 (``torch.ops.onednn.qconv2d_pointwise`` with unit scales and a float32 output: VNNI / AMX on
-x86) and converts it to float32 once, correctly rounded. The reference
+x86) and converts it to float32 once, correctly rounded. A downsample's 1x1 conv is one
+``torch._int_mm`` for the whole batch instead (``r2b.packed.layers.PackedDownsample``):
+``sum_k (q_k - 128) w_k`` on int8 operands plus ``(128 - z) sum_k w_k``, the same integer;
+``int_mm_exact`` checks that product at its extremes once. The reference
 (``Int8Conv2d`` with ``backend="reference"``) computes the same integer with a float64
 convolution of the integer-valued tensors (exact below 2^53) and rounds it to float32 once. The
 scale and bias steps are the same PyTorch elementwise ops in both, so the int8 engine equals
@@ -189,7 +192,11 @@ class Int8Conv2d(_Int8Product):
         return int(self.weight_q.shape[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q = self._quantized_input(x)
+        return self.integer_sums(self._quantized_input(x))
+
+    def integer_sums(self, q: torch.Tensor) -> torch.Tensor:
+        """``acc`` (float32, exact integers) of the quantised input ``q`` (uint8, any memory
+        format); channels-last from oneDNN."""
         if self.backend == "reference":
             centred = q.double() - float(self.zero_point)
             acc = F.conv2d(centred, self.weight_q.double(), stride=self.stride,
@@ -344,6 +351,28 @@ def onednn_available() -> bool:
 
 
 _ONEDNN: bool | None = None
+
+
+def int_mm_exact() -> bool:
+    """Whether ``torch._int_mm`` (int8 x int8 -> int32 matrix product) runs here and is exact
+    for the engine's operands: weights in ``[-WEIGHT_LEVELS, WEIGHT_LEVELS]`` times shifted
+    activations ``q - 128`` in ``[-128, 127]``, checked once at the extremes against an int64
+    product (a kernel that adds pairs of products in saturating int16, as x86 CPUs without
+    VNNI do, fails it: 2 * 128 * 64 fits, 2 * 192 * 128 would not)."""
+    global _INT_MM
+    if _INT_MM is None:
+        a = (torch.arange(32 * 64).reshape(32, 64) % 129 - 64).to(torch.int8)
+        a[0], a[1] = WEIGHT_LEVELS, -WEIGHT_LEVELS
+        b = (torch.arange(64 * 48).reshape(64, 48) % 256 - 128).to(torch.int8)
+        b[:, 0], b[:, 1] = -128, 127
+        try:
+            _INT_MM = torch.equal(torch._int_mm(a, b).long(), a.long() @ b.long())
+        except (RuntimeError, AttributeError, NotImplementedError):
+            _INT_MM = False
+    return _INT_MM
+
+
+_INT_MM: bool | None = None
 
 
 def set_backend(model: nn.Module, backend: str) -> None:

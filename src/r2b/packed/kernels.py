@@ -170,6 +170,7 @@ _as_f32 = _pointer_cast(types.float32)
 _as_u64 = _pointer_cast(types.uint64)
 _as_i64 = _pointer_cast(types.int64)
 _as_i32 = _pointer_cast(types.int32)
+_as_u8 = _pointer_cast(types.uint8)
 
 
 @njit(inline="always")
@@ -204,6 +205,16 @@ def _get_f32_4d(args, s):
 @njit(inline="always")
 def _get_i32_4d(args, s):
     return carray(_as_i32(args[s]), (args[s + 1], args[s + 2], args[s + 3], args[s + 4]))
+
+
+@njit(inline="always")
+def _get_i32_3d(args, s):
+    return carray(_as_i32(args[s]), (args[s + 1], args[s + 2], args[s + 3]))
+
+
+@njit(inline="always")
+def _get_u8_4d(args, s):
+    return carray(_as_u8(args[s]), (args[s + 1], args[s + 2], args[s + 3], args[s + 4]))
 
 
 @njit(inline="always")
@@ -626,15 +637,23 @@ ACT_NONE, ACT_PRELU, ACT_RPRELU = 0, 1, 2
 #: per-channel vectors and flags, the next block's pre-sign affine; per call: the tensors.
 HalfArgs = arg_layout("HalfArgs", [
     ("wt", 3), ("alpha", 1), ("slope", 1), ("post_a", 1), ("post_b", 1), ("shift_in", 1),
-    ("shift_out", 1), ("bn_a", 1), ("bn_b", 1), *_GEOMETRY,
+    ("shift_out", 1), ("bn_a", 1), ("bn_b", 1), ("res_c", 1), ("res_m", 1), ("res_b", 1),
+    *_GEOMETRY,
     ("post_mode", 0), ("act", 0), ("act_after_add", 0),
-    ("fuse", 0), ("bn_mode", 0), ("pad2", 0), ("write_y", 0),
-    ("xp", 4), ("gain", 2), ("shortcut", 4), ("out", 4), ("xp2", 4), ("y2", 4),
+    ("fuse", 0), ("bn_mode", 0), ("pad2", 0), ("write_y", 0), ("res_mode", 0),
+    ("xp", 4), ("gain", 2), ("shortcut", 4), ("out", 4), ("xp2", 4), ("y2", 4), ("sums", 3),
 ])  # fmt: skip
 
-#: The epilogue (post, act, act_after_add) and the fused next block (fuse, bn mode, pad,
-#: write_y): consecutive scalar slots of ``HalfArgs``.
-_HALF_FLAGS = (int(HalfArgs.POST_MODE), int(HalfArgs.WRITE_Y) + 1)
+#: The epilogue (post, act, act_after_add), the fused next block (fuse, bn mode, pad, write_y)
+#: and the shortcut's form (``res_mode``): consecutive scalar slots of ``HalfArgs``.
+_HALF_FLAGS = (int(HalfArgs.POST_MODE), int(HalfArgs.RES_MODE) + 1)
+
+#: The shortcut the epilogue adds: the ``(N, O, OH, OW)`` float32 ``shortcut`` as it is, or
+#: ``sums``, the ``(O, N, OH * OW)`` int32 sums of an int8 1x1 conv, which with the per-channel
+#: integer ``c[o]`` are its exact integer sums ``acc``, dequantised in the kernel as
+#: ``r2b.packed.int8.Dequantize`` does: ``float(acc) * m[o] + b[o]`` (``float(sums) + c`` is
+#: ``float(acc)`` exactly: integers below 2^24).
+RES_PLAIN, RES_DEQUANT = 0, 1
 
 
 @njit(inline="always")
@@ -698,26 +717,34 @@ def _epilogue(src, k_total, a, g, s, res, dst, flags, pa, pb, gamma, zeta):
 
 
 @njit(cache=True)
-def _half_task(task, xp, wt, geo, vecs, gain, shortcut, out, flags, xp2, y2):
+def _half_task(task, xp, wt, geo, vecs, gain, shortcut, out, flags, xp2, y2, sums):
     """Rows ``oh0 .. oh1`` x 64 channels of a half block, and of the next block's packed input.
 
     ``geo = (n_out_ch, K, kh, kw, stride, rows per task)``; ``vecs``: the per-channel vectors
-    ``(alpha, slope, post_a, post_b, shift_in, shift_out, bn_a, bn_b)``; ``flags = (post mode,
-    act, act_after_add, fuse, bn mode, pad, write_y)``.
+    ``(alpha, slope, post_a, post_b, shift_in, shift_out, bn_a, bn_b, res_c, res_m, res_b)``;
+    ``flags = (post mode, act, act_after_add, fuse, bn mode, pad, write_y, res_mode)``.
     """
-    alpha, slope, post_a, post_b, shift_in, shift_out, bn_a, bn_b = vecs
+    alpha, slope, post_a, post_b, shift_in, shift_out, bn_a, bn_b, res_c, res_m, res_b = vecs
     k_total, kh, kw, stride, group = geo[1], geo[2], geo[3], geo[4], geo[5]
-    fuse, mode, pad2, write_y = flags[3], flags[4], flags[5], flags[6]
+    fuse, mode, pad2, write_y, res_mode = flags[3], flags[4], flags[5], flags[6], flags[7]
     n_out_ch, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
     n, tb, oh0, oh1, blk0, n_blk, npix, rows = _task_mismatches(
         task, xp, wt, kh, kw, stride, group, out_h, out_w
     )
     bits = np.zeros(npix, np.uint64)
     o0 = blk0 * TILE_O
+    dequantised = np.empty(npix if res_mode == RES_DEQUANT else 0, np.float32)
     for o in range(min(n_blk * TILE_O, n_out_ch - o0)):
         oc = o0 + o
         dst = _plane(out, n, oc, oh0 * out_w, npix)
-        res = _plane(shortcut, n, oc, oh0 * out_w, npix)
+        if res_mode == RES_DEQUANT:
+            res = dequantised
+            src = sums[oc, n, oh0 * out_w : oh0 * out_w + npix]
+            c, m, b = res_c[oc], res_m[oc], res_b[oc]
+            for i in range(npix):
+                res[i] = (np.float32(src[i]) + c) * m + b
+        else:
+            res = _plane(shortcut, n, oc, oh0 * out_w, npix)
         _epilogue(rows[o], k_total, alpha[oc], gain[n, oc], slope[oc], res, dst, flags,
                   post_a[oc], post_b[oc], shift_in[oc], shift_out[oc])  # fmt: skip
         if fuse:
@@ -737,18 +764,20 @@ def _half_worker(data):
         _get_f32_1d(args, A.POST_A), _get_f32_1d(args, A.POST_B),
         _get_f32_1d(args, A.SHIFT_IN), _get_f32_1d(args, A.SHIFT_OUT),
         _get_f32_1d(args, A.BN_A), _get_f32_1d(args, A.BN_B),
+        _get_f32_1d(args, A.RES_C), _get_f32_1d(args, A.RES_M), _get_f32_1d(args, A.RES_B),
     )  # fmt: skip
     gain = _get_f32_2d(args, A.GAIN)
     shortcut = _get_f32_4d(args, A.SHORTCUT)
     out = _get_f32_4d(args, A.OUT)
     xp2 = _get_u64_4d(args, A.XP2)
     y2 = _get_f32_4d(args, A.Y2)
+    sums = _get_i32_3d(args, A.SUMS)
     geo = args[A.N_OUT_CH : A.GROUP + 1]
     flags = args[_HALF_FLAGS[0] : _HALF_FLAGS[1]]
     n_tasks = args[ARG_N_TASKS]
     task = _next_task(args)
     while task < n_tasks:
-        _half_task(task, xp, wt, geo, vecs, gain, shortcut, out, flags, xp2, y2)
+        _half_task(task, xp, wt, geo, vecs, gain, shortcut, out, flags, xp2, y2, sums)
         task = _next_task(args)
 
 
@@ -756,8 +785,9 @@ def half_static(wt, geo, vectors: dict, flags) -> np.ndarray:
     """The per-layer part of ``half_block``'s arguments, packed once (the arrays must outlive
     it): weights ``wt``, ``geo = (n_out_ch, K, kh, kw, stride)``, the per-channel float32
     ``vectors`` by ``HalfArgs`` name (``alpha``, ``slope``, ``post_a``, ``post_b``,
-    ``shift_in``, ``shift_out``, ``bn_a``, ``bn_b``) and ``flags = (post mode, act,
-    act_after_add, fuse, bn mode, pad, write_y)``."""
+    ``shift_in``, ``shift_out``, ``bn_a``, ``bn_b``, ``res_c``, ``res_m``, ``res_b``) and
+    ``flags = (post
+    mode, act, act_after_add, fuse, bn mode, pad, write_y, res_mode)``."""
     args = np.zeros(HalfArgs.SIZE, np.int64)
     arrays = [(HalfArgs.WT, wt)] + [(getattr(HalfArgs, k.upper()), v) for k, v in vectors.items()]
     for slot, arr in arrays:
@@ -770,13 +800,15 @@ def half_static(wt, geo, vectors: dict, flags) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
-def half_block(static, xp, gain, shortcut, out, xp2, y2, launch):
+def half_block(static, xp, gain, shortcut, out, xp2, y2, sums, launch):
     """Binary conv fused with the half block's float epilogue and the next block's pre + pack::
 
         c   = float(K - 2 * mismatches)          exact integer
         v   = (c * alpha[o]) * gain[n, o]        weight scale, then learned scale, gate or 1
         v   = post(v)                            BatchNorm after the conv (or none)
         out = act(v) + shortcut  |  act(v + shortcut)   PReLU / RPReLU / none (``_epilogue``)
+                                                 (shortcut = sums * res_m + res_b when
+                                                 res_mode: an int8 conv's integer sums)
         if fuse:  xp2 <- sign bits of y2 = pre_next(out)   (y2 written if write_y)
 
     ``static``: the layer's constant arguments (``half_static``). ``alpha = 1`` when the conv has
@@ -790,6 +822,7 @@ def half_block(static, xp, gain, shortcut, out, xp2, y2, launch):
     _put_array(args, A.OUT, out)
     _put_array(args, A.XP2, xp2)
     _put_array(args, A.Y2, y2)
+    _put_array(args, A.SUMS, sums)
     n_task_o = (args[A.WT + 1] * TILE_O + TASK_O - 1) // TASK_O
     group = _rows_per_task(out.shape[2], out.shape[3], out.shape[0] * n_task_o, launch[3])
     args[A.GROUP] = group
@@ -828,10 +861,9 @@ def _stem_task(task, conv, mode, bn_a, bn_b, slope, pool, out):
         _bn_channels(src, mode, bn_a, bn_b, act)
         for j in range(row_len):
             v = act[j]
-            if not v > 0:
-                v = slope[j] * v
-            if v > vmax[j] or np.isnan(v):
-                vmax[j] = v
+            v = v if v > 0 else slope[j] * v
+            m = vmax[j]
+            vmax[j] = v if (v > m) | (v != v) else m
     best = np.full(out_w * channels, -np.inf, np.float32)
     for ow in range(out_w):
         dst = best[ow * channels : (ow + 1) * channels]
@@ -841,9 +873,8 @@ def _stem_task(task, conv, mode, bn_a, bn_b, slope, pool, out):
                 continue
             src = vmax[w * channels : (w + 1) * channels]
             for c in range(channels):
-                v = src[c]
-                if v > dst[c] or np.isnan(v):
-                    dst[c] = v
+                v, m = src[c], dst[c]
+                dst[c] = v if (v > m) | (v != v) else m
     for c in range(channels):
         dst = _plane(out, n, c, oh * out_w, out_w)
         for ow in range(out_w):
@@ -895,6 +926,20 @@ def stem_tail(conv, mode, bn_a, bn_b, slope, pool, out, launch):
 # ------------------------------------------------------------------ average pool
 
 
+@njit(inline="always")
+def _avg_pool_row(plane, width, oh, row):
+    """Output row ``oh`` of a 2 x 2 / 2 average pool of one plane (``width`` columns), summed in
+    PyTorch's order, ``((x00 + x01) + x10) + x11``, then divided by 4."""
+    top = plane[2 * oh * width :]
+    bottom = plane[(2 * oh + 1) * width :]
+    for ow in range(row.shape[0]):
+        total = np.float32(0.0) + top[2 * ow]
+        total = total + top[2 * ow + 1]
+        total = total + bottom[2 * ow]
+        total = total + bottom[2 * ow + 1]
+        row[ow] = total / np.float32(4.0)
+
+
 @njit(cache=True)
 def _avg_pool_task(task, x, out):
     """Plane ``(n, c)``: 2 x 2 average, summed in PyTorch's order then divided by 4."""
@@ -905,15 +950,7 @@ def _avg_pool_task(task, x, out):
     src = _plane(x, n, c, 0, x.shape[2] * width)
     dst = _plane(out, n, c, 0, out_h * out_w)
     for oh in range(out_h):
-        top = src[2 * oh * width :]
-        bottom = src[(2 * oh + 1) * width :]
-        row = dst[oh * out_w :]
-        for ow in range(out_w):
-            total = np.float32(0.0) + top[2 * ow]
-            total = total + top[2 * ow + 1]
-            total = total + bottom[2 * ow]
-            total = total + bottom[2 * ow + 1]
-            row[ow] = total / np.float32(4.0)
+        _avg_pool_row(src, width, oh, dst[oh * out_w : (oh + 1) * out_w])
 
 
 #: Arguments of ``avg_pool2``.
@@ -941,6 +978,89 @@ def avg_pool2(x, out, launch):
     _put_array(args, A.X, x)
     _put_array(args, A.OUT, out)
     _run_parallel(args, x.shape[0] * x.shape[1], launch, x.size // 8)
+
+
+# ------------------------------------------------------------------ int8 input quantisation
+
+
+#: Layouts of ``quantize_u8``'s output: ``(N, OH, OW, C)`` uint8 ``q`` (channels-last, for
+#: oneDNN's int8 conv), or ``(C, N, OH, OW)`` int8 ``q - 128`` (the right operand of one
+#: ``torch._int_mm`` that makes a 1x1 conv of the whole batch).
+Q_NHWC_U8, Q_CNHW_S8 = 0, 1
+
+
+@njit(inline="always")
+def _quantize(v, inv, z):
+    """``clamp(rne(v * inv) + z, 0, 255)``: ``r2b.packed.int8.quantize_activations``."""
+    q = np.rint(v * inv) + z
+    return np.float32(0.0) if q < 0 else (np.float32(255.0) if q > 255 else q)
+
+
+@njit(cache=True)
+def _quantize_task(task, x, pool, inv_scale, zero_point, layout, out):
+    """Output row ``oh`` of image ``n``, every channel: that row of ``x`` (NCHW float32; of its
+    2 x 2 average pool when ``pool``) quantised (``_quantize``) into ``out`` (``layout``)."""
+    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
+    out_h = height // 2 if pool else height
+    out_w = width // 2 if pool else width
+    n = task // out_h
+    oh = task - n * out_h
+    z = np.float32(zero_point)
+    inv = inv_scale[0]
+    values = np.empty(out_w, np.float32)
+    for c in range(channels):
+        plane = _plane(x, n, c, 0, height * width)
+        if pool:
+            _avg_pool_row(plane, width, oh, values)
+        else:
+            values[:] = plane[oh * width : oh * width + out_w]
+        if layout == Q_NHWC_U8:
+            dst = out[n, oh]
+            for ow in range(out_w):
+                dst[ow, c] = np.uint8(_quantize(values[ow], inv, z))
+        else:
+            row = out[c, n, oh]
+            for ow in range(out_w):
+                row[ow] = np.uint8(np.int32(_quantize(values[ow], inv, z)) ^ 128)
+
+
+#: Arguments of ``quantize_u8``.
+QuantizeArgs = arg_layout("QuantizeArgs", [
+    ("x", 4), ("inv_scale", 1), ("out", 4), ("pool", 0), ("zero_point", 0), ("layout", 0),
+])  # fmt: skip
+
+
+def _quantize_worker(data):
+    A = QuantizeArgs
+    args = _args_view(data, A.SIZE)
+    x = _get_f32_4d(args, A.X)
+    inv_scale = _get_f32_1d(args, A.INV_SCALE)
+    out = _get_u8_4d(args, A.OUT)
+    pool, zero_point, layout = args[A.POOL], args[A.ZERO_POINT], args[A.LAYOUT]
+    n_tasks = args[ARG_N_TASKS]
+    task = _next_task(args)
+    while task < n_tasks:
+        _quantize_task(task, x, pool, inv_scale, zero_point, layout, out)
+        task = _next_task(args)
+
+
+@njit(cache=True, nogil=True)
+def quantize_u8(x, pool, inv_scale, zero_point, layout, out, launch):
+    """``out`` = the int8 input quantisation ``q`` of ``x`` (``(N, C, H, W)`` float32), or of
+    ``AvgPool2d(2, 2)(x)`` when ``pool`` (the pool bit-identical to ``avg_pool2``), in one
+    pass: ``(N, OH, OW, C)`` ``q`` (``Q_NHWC_U8``; what an int8 conv's ``_quantized_input``
+    and ``contiguous(memory_format=channels_last)`` give) or ``(C, N, OH, OW)`` ``q - 128``
+    as int8 bits (``Q_CNHW_S8``). ``inv_scale``: ``(1,)`` float32."""
+    A = QuantizeArgs
+    args = np.empty(A.SIZE, np.int64)
+    _put_array(args, A.X, x)
+    _put_array(args, A.INV_SCALE, inv_scale)
+    _put_array(args, A.OUT, out)
+    args[A.POOL] = pool
+    args[A.ZERO_POINT] = zero_point
+    args[A.LAYOUT] = layout
+    out_h = x.shape[2] // 2 if pool else x.shape[2]
+    _run_parallel(args, x.shape[0] * out_h, launch, x.size // 4)
 
 
 # ------------------------------------------------------------------ in-cache peak
@@ -991,6 +1111,7 @@ _WORKERS = {
     "half_block": _half_worker,
     "stem_tail": _stem_worker,
     "avg_pool2": _avg_pool_worker,
+    "quantize_u8": _quantize_worker,
     "peak": _peak_worker,
 }
 

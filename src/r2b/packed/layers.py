@@ -30,12 +30,14 @@ from r2b.models.spec import HalfBlockSpec
 from r2b.packed import kernels
 from r2b.packed.batchnorm import probe_affine
 from r2b.packed.bitpack import kernel_layout, n_words, pack_bits
-from r2b.packed.kernels import BN_NONE
+from r2b.packed.int8 import Dequantize, Int8Conv2d, int_mm_exact
+from r2b.packed.kernels import BN_NONE, Q_CNHW_S8, Q_NHWC_U8, RES_DEQUANT, RES_PLAIN
 from r2b.packed.parallel import kernel_threads, launch_info
 
 _NO_F32_1D = np.zeros(1, np.float32)
 _NO_F32_4D = np.zeros((1, 1, 1, 1), np.float32)
 _NO_U64_4D = np.zeros((1, 1, 1, 1), np.uint64)
+_NO_I32_3D = np.zeros((1, 1, 1), np.int32)
 
 
 _LAUNCH: dict[tuple[str, int], tuple] = {}
@@ -170,6 +172,10 @@ class PackedHalfBlock(nn.Module):
         self.fused = act_kind is not None and (post is None or post_mode != BN_NONE)
         self._flags = (post_mode if post is not None else BN_NONE, act_kind or 0,
                        int(self.act_after_add))  # fmt: skip
+        # an int8 downsample's integer sums are dequantised in the kernel (no float pass)
+        self._res_vectors = None
+        if self.fused and isinstance(shortcut, PackedDownsample):
+            self._res_vectors = shortcut.sums_vectors(out_ch)
         self._statics: dict = {}
         self._scales: dict[int, torch.Tensor] = {}
         self._gate_weights = _gate_weights(self.gate)
@@ -194,9 +200,11 @@ class PackedHalfBlock(nn.Module):
                 write_y = int(nxt.gate is not None)
                 fused = (1, nxt.bn_mode, nxt.conv.padding, write_y)
                 bn_a, bn_b = nxt._bn_a, nxt._bn_b
+            res_mode = RES_PLAIN if self._res_vectors is None else RES_DEQUANT
+            res = self._res_vectors or dict(res_c=_NO_F32_1D, res_m=_NO_F32_1D, res_b=_NO_F32_1D)
             vectors = dict(alpha=conv._alpha, post_a=self._post_a, post_b=self._post_b,
-                           bn_a=bn_a, bn_b=bn_b, **self._act_vectors)  # fmt: skip
-            flags = np.array([*self._flags, *fused], np.int64)
+                           bn_a=bn_a, bn_b=bn_b, **self._act_vectors, **res)  # fmt: skip
+            flags = np.array([*self._flags, *fused, res_mode], np.int64)
             static = kernels.half_static(conv._wt, conv._geo, vectors, flags)
             self._statics[key] = (static, vectors)  # the arrays stay alive with it
         return self._statics[key][0]
@@ -236,7 +244,8 @@ class PackedHalfBlock(nn.Module):
         self, x: torch.Tensor, y: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The PyTorch side: per-image channel gain ``(N, O)`` (gate of ``y``, the learned
-        scale, or 1) and the shortcut ``(N, O, OH, OW)``."""
+        scale, or 1) and the shortcut ``(N, O, OH, OW)`` (for an int8 downsample in a fused
+        block: its ``(O, N, OH * OW)`` int32 sums, which the kernel dequantises)."""
         n = x.shape[0]
         if self._gate_weights is not None:
             w1, w2 = self._gate_weights
@@ -247,8 +256,11 @@ class PackedHalfBlock(nn.Module):
             gain = self._scales.get(n)
             if gain is None:
                 gain = self._scales[n] = self.scale.expand(n, -1).contiguous()
-        shortcut = x if self.shortcut is None else self.shortcut(x)
-        return gain, shortcut
+        if self.shortcut is None:
+            return gain, x
+        if self._res_vectors is not None:
+            return gain, self.shortcut.int_mm_sums(x)
+        return gain, self.shortcut(x)
 
     def binary_part(
         self,
@@ -268,9 +280,13 @@ class PackedHalfBlock(nn.Module):
         if fuse:
             xp2 = nxt.conv.packed_buffer(n, oh, ow)
             y2 = torch.empty_like(out) if nxt.gate is not None else None
+        sums = _NO_I32_3D
+        if self._res_vectors is not None:  # an int8 downsample's (O, N, OH * OW) sums
+            sums, shortcut = shortcut.numpy(), None
         kernels.half_block(
-            self._static(nxt if fuse else None), xp, _f32(gain), _f32(shortcut), out.numpy(), xp2,
-            _NO_F32_4D if y2 is None else y2.numpy(), _launch("half_block"),
+            self._static(nxt if fuse else None), xp, _f32(gain),
+            _NO_F32_4D if shortcut is None else _f32(shortcut), out.numpy(), xp2,
+            _NO_F32_4D if y2 is None else y2.numpy(), sums, _launch("half_block"),
         )  # fmt: skip
         if nxt is None:
             return out, None, None
@@ -349,6 +365,8 @@ class PackedStem(nn.Module):
         return self._tiles[width]
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.conv, Int8Conv2d):
+            return self.conv.integer_sums(quantized_input(self.conv, x))
         key = (tuple(x.shape), torch.get_num_threads())
         exact = self._channels_last_exact.get(key)
         if exact is False:
@@ -385,7 +403,10 @@ class PackedDownsample(nn.Module):
 
     PyTorch's NCHW average pool is slow on CPU; the compiled one sums in PyTorch's order and
     divides by 4, which a probe at construction confirms bit for bit (else the module's pool is
-    used). The conv and BN are the float model's modules.
+    used). The conv and BN are the float model's modules; in an int8 engine they are an
+    ``Int8Conv2d`` and its ``Dequantize``: one compiled pass pools and quantises, and for a
+    1x1 conv one ``torch._int_mm`` of the whole batch gives the integer sums
+    (``int_mm_sums``), which a fused half block dequantises in its kernel (``sums_vectors``).
     """
 
     def __init__(self, pool: nn.Module, conv: nn.Module, bn: nn.Module) -> None:
@@ -394,6 +415,13 @@ class PackedDownsample(nn.Module):
         probe = torch.randn(2, 3, 6, 10, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             self.compiled_pool = torch.equal(self._pool(probe), pool(probe))
+        self._matrix = self._correction = None
+        if self.compiled_pool and _is_pointwise(conv) and int_mm_exact():
+            w = conv.weight_q.reshape(conv.out_channels, -1)
+            self._matrix = w.contiguous()
+            # sum_k (q - z) w = sum_k (q - 128) w + (128 - z) sum_k w
+            shift = 128 - int(conv.zero_point)
+            self._correction = (shift * w.long().sum(dim=1)).float().numpy()
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
@@ -401,9 +429,55 @@ class PackedDownsample(nn.Module):
         kernels.avg_pool2(_f32(x), out.numpy(), _launch("avg_pool2"))
         return out
 
+    def sums_vectors(self, channels: int) -> dict | None:
+        """``res_c``, ``res_m``, ``res_b`` with which a half block's kernel turns
+        ``int_mm_sums`` into this shortcut (``r2b.packed.kernels.RES_DEQUANT``); ``None`` when
+        this shortcut has no such sums (a float one, or a conv that is not 1x1)."""
+        bn = self.bn
+        if self._matrix is None or not isinstance(bn, Dequantize):
+            return None
+        if bn.multiplier.shape != (channels,):
+            return None
+        m, b = (np.ascontiguousarray(v.detach().float().numpy()) for v in (bn.multiplier, bn.bias))
+        return dict(res_c=self._correction, res_m=m, res_b=b)
+
+    def int_mm_sums(self, x: torch.Tensor) -> torch.Tensor:
+        """``(O, N, OH * OW)`` int32: ``sum_k (q - 128) w`` of the pooled, quantised ``x``, one
+        matrix product for the batch (``sums_vectors`` adds the rest of the integer sums)."""
+        n, c, h, w = x.shape
+        q = np.empty((c, n, h // 2, w // 2), np.uint8)
+        kernels.quantize_u8(_f32(x), 1, self._inv_scale(), int(self.conv.zero_point), Q_CNHW_S8,
+                            q, _launch("quantize_u8"))  # fmt: skip
+        shifted = torch.from_numpy(q).view(torch.int8).reshape(c, -1)
+        return torch._int_mm(self._matrix, shifted).reshape(-1, n, (h // 2) * (w // 2))
+
+    def _inv_scale(self) -> np.ndarray:
+        return self.conv.inv_scale.detach().float().numpy()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.conv, Int8Conv2d) and self.compiled_pool:
+            return self.bn(self.conv.integer_sums(quantized_input(self.conv, x, pool=True)))
         pooled = self._pool(x) if self.compiled_pool else self.pool(x)
         return self.bn(self.conv(pooled))
+
+
+def _is_pointwise(conv: nn.Module) -> bool:
+    """An int8 1x1 conv with stride 1 and no padding: a matrix product."""
+    return (isinstance(conv, Int8Conv2d) and tuple(conv.weight_q.shape[2:]) == (1, 1)
+            and conv.stride == 1 and conv.padding == 0)  # fmt: skip
+
+
+def quantized_input(conv: Int8Conv2d, x: torch.Tensor, pool: bool = False) -> torch.Tensor:
+    """``conv``'s uint8 input from float ``x`` (of its 2 x 2 average pool when ``pool``), in one
+    compiled pass, channels-last: equal to ``conv._quantized_input`` (``r2b.packed.int8.
+    quantize_activations``) of the same values."""
+    n, c, h, w = x.shape
+    oh, ow = (h // 2, w // 2) if pool else (h, w)
+    q = np.empty((n, oh, ow, c), np.uint8)
+    inv_scale = conv.inv_scale.detach().float().numpy()
+    kernels.quantize_u8(_f32(x), int(pool), inv_scale, int(conv.zero_point), Q_NHWC_U8, q,
+                        _launch("quantize_u8"))  # fmt: skip
+    return torch.from_numpy(q).permute(0, 3, 1, 2)
 
 
 def packed_shortcut(shortcut: nn.Module | None) -> nn.Module | None:

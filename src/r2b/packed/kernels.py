@@ -989,10 +989,16 @@ def avg_pool2(x, out, launch):
 Q_NHWC_U8, Q_CNHW_S8 = 0, 1
 
 
+#: ``(v + 1.5 * 2^23) - 1.5 * 2^23`` rounds a float32 ``|v| < 2^22`` to an integer, half to even
+#: (the sum lands where float32's spacing is 1); larger ``|v|`` stay as large, which the clamp
+#: after it sends to 0 or 255 as it does the exact rounding. A vector add, not a libm call.
+_ROUNDING_MAGIC = np.float32(12582912.0)
+
+
 @njit(inline="always")
 def _quantize(v, inv, z):
     """``clamp(rne(v * inv) + z, 0, 255)``: ``r2b.packed.int8.quantize_activations``."""
-    q = np.rint(v * inv) + z
+    q = ((v * inv + _ROUNDING_MAGIC) - _ROUNDING_MAGIC) + z
     return np.float32(0.0) if q < 0 else (np.float32(255.0) if q > 255 else q)
 
 
@@ -1008,20 +1014,22 @@ def _quantize_task(task, x, pool, inv_scale, zero_point, layout, out):
     z = np.float32(zero_point)
     inv = inv_scale[0]
     values = np.empty(out_w, np.float32)
+    codes = np.empty((channels, out_w), np.uint8)
     for c in range(channels):
         plane = _plane(x, n, c, 0, height * width)
         if pool:
             _avg_pool_row(plane, width, oh, values)
         else:
             values[:] = plane[oh * width : oh * width + out_w]
-        if layout == Q_NHWC_U8:
-            dst = out[n, oh]
-            for ow in range(out_w):
-                dst[ow, c] = np.uint8(_quantize(values[ow], inv, z))
-        else:
-            row = out[c, n, oh]
-            for ow in range(out_w):
-                row[ow] = np.uint8(np.int32(_quantize(values[ow], inv, z)) ^ 128)
+        row = codes[c] if layout == Q_NHWC_U8 else out[c, n, oh]
+        flip = 0 if layout == Q_NHWC_U8 else 128  # q - 128 as int8 bits: q ^ 128
+        for ow in range(out_w):
+            row[ow] = np.uint8(np.int32(_quantize(values[ow], inv, z)) ^ flip)
+    if layout == Q_NHWC_U8:
+        dst = out[n, oh]
+        for ow in range(out_w):
+            for c in range(channels):
+                dst[ow, c] = codes[c, ow]
 
 
 #: Arguments of ``quantize_u8``.

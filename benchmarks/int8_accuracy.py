@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -25,7 +23,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from common import git_commit, machine  # noqa: E402
+from common import provenance  # noqa: E402
 
 from r2b.data import build_augment  # noqa: E402
 from r2b.packed import to_packed  # noqa: E402
@@ -63,7 +61,7 @@ def main() -> None:
     ap.add_argument("--name", help="results name (default: the stage folder's name)")
     ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args()
-    command = shlex.join(["python", "benchmarks/int8_accuracy.py", *sys.argv[1:]])
+    stamp = provenance("int8_accuracy.py")  # taken before the run: the commit that ran it
     name = args.name or args.checkpoint.parent.name
 
     model, _ = load_model(args.checkpoint)
@@ -83,10 +81,7 @@ def main() -> None:
     exact, int8 = logits["packed exact"], logits["packed int8"]
     result = {
         "benchmark": "int8_accuracy",
-        "command": command,
-        "commit": git_commit(),
-        "machine": machine(),
-        "load_average": list(os.getloadavg()),
+        **stamp,
         "checkpoint": str(args.checkpoint),
         "arch": arch,
         "data": data.get("name"),

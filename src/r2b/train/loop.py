@@ -54,6 +54,7 @@ from r2b.data.seeds import derive_seed, generator_for
 from r2b.errors import RunStopped, UserError
 from r2b.losses import DistillationObjective
 from r2b.train.checkpoint import (
+    load_state_into,
     load_training_state,
     read_weights,
     save_training_state,
@@ -445,21 +446,20 @@ class StageTraining:
         )
         if best is None or best.get("test_top1") is not None:
             return
+        folder = self.job.folder
         last = {k: v.clone() for k, v in self.model.state_dict().items()}
-        tensors, _, _ = read_weights(self.job.folder.best)
-        self.model.load_state_dict(tensors)
+        load_state_into(self.model, read_weights(folder.best)[0], folder.best)
         best.update(_split_entries("test", self._evaluate(self.job.test_set)))
         self.progress.best_top1, self.progress.best_top5 = best["test_top1"], best["test_top5"]
-        if self.writer:
-            save_weights(self.job.folder.best, self.model, self._info(best))
-        self.model.load_state_dict(last)
-        if self.writer:
-            save_training_state(
-                self.job.folder.state, self.model, self.optimizer, self.progress.to_json()
-            )
+        if self.writer:  # best first (its weights are loaded), then the state (the last epoch's)
+            save_weights(folder.best, self.model, self._info(best))
+            self.model.load_state_dict(last)
+            save_training_state(folder.state, self.model, self.optimizer, self.progress.to_json())
             self.log.write_csv()
             self.job.log(f"[{self.stage.name}] selected epoch {best['epoch']}: test top-1 "
                          f"{best['test_top1']:.2f}% top-5 {best['test_top5']:.2f}%")  # fmt: skip
+        else:
+            self.model.load_state_dict(last)
         self.fabric.barrier()
 
     # ----------------------------------------------------------------------- saving

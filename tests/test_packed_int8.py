@@ -174,6 +174,10 @@ def test_packed_int8_equals_its_reference(name, stem, size):
         exact = to_packed(model)(x)
     assert torch.equal(got, expected)
     assert not torch.equal(got, exact)  # the float layers really are quantised
+    # the downsample halves dequantised their int8 sums in the kernel (the fast path was taken)
+    in_kernel = [i for i, h in enumerate(packed.halves) if h._res_vectors is not None]
+    downsampling = [i for i, h in enumerate(packed.halves) if h.shortcut is not None]
+    assert in_kernel == (downsampling if int_mm_exact() else [])
 
 
 def test_int8_file_round_trip(tmp_path):

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -297,10 +298,19 @@ def _half_range(values: list[float]) -> float:
     return (max(values) - min(values)) / 2
 
 
-def _doubling(rows: list[dict], doubled: tuple[str, str] | None) -> dict | None:
+#: The converged test needs a validation split that resolves this many points of top-1: the
+#: binomial standard error ``100 sqrt(p (1 - p) / n)`` of ``n`` validation images at accuracy
+#: ``p`` (1 point at p = 0.5 takes 2,500 images).
+RESOLUTION_POINTS = 1.0
+
+
+def _doubling(
+    rows: list[dict], doubled: tuple[str, str] | None, val_images: int | None
+) -> dict | None:
     """The converged test: the strong baseline at 2N vs N epochs a stage, on validation top-1.
     Converged when the mean rise is no more than the seeds' spread (the larger half-range of
-    the two rows' validation top-1)."""
+    the two rows' validation top-1) and the validation split resolves ``RESOLUTION_POINTS``
+    (else an absent rise says nothing: "not resolved")."""
     final = _final(rows)
     if doubled is None or not all(n in final for n in doubled):
         return None
@@ -309,13 +319,18 @@ def _doubling(rows: list[dict], doubled: tuple[str, str] | None) -> dict | None:
         return None
     rise = _differences(m["val_top1"], n["val_top1"])
     spread = max(_half_range(n["val_top1"]), _half_range(m["val_top1"]))
+    p = _mean(n["val_top1"]) / 100
+    error = 100 * math.sqrt(p * (1 - p) / val_images) if val_images else float("inf")
     return {
         "n": {"row": n_row, "stage": doubled[0], "epochs": n["epochs"], "val_top1": n["val_top1"]},
         "2n": {"row": m_row, "stage": doubled[1], "epochs": m["epochs"], "val_top1": m["val_top1"]},
         "rise": rise,
         "mean_rise": round(_mean(rise), 2),
         "seeds_half_range": round(spread, 2),
-        "converged": _mean(rise) <= spread,
+        "val_images": val_images,
+        "val_standard_error": round(error, 2),
+        "resolved": error <= RESOLUTION_POINTS,
+        "converged": _mean(rise) <= spread and error <= RESOLUTION_POINTS,
     }
 
 
@@ -402,6 +417,7 @@ def collect(args) -> dict:
         if selected == "val"
         else "CIFAR-10 test top-1/top-5 (%) after each stage's last epoch (no validation split)"
     )
+    protocol = _protocol(runs, rows)
     return {
         "benchmark": pipeline.name,
         "title": pipeline.title,
@@ -417,10 +433,10 @@ def collect(args) -> dict:
         "seeds": args.seeds,
         "selection": selected,
         "metric": metric,
-        "protocol": _protocol(runs, rows),
+        "protocol": protocol,
         "rows": rows,
         "margins": _margins(rows, pipeline.margins),
-        "converged": _doubling(rows, pipeline.doubled),
+        "converged": _doubling(rows, pipeline.doubled, protocol["val_images"]),
         "chosen": _choice(rows, pipeline.choose),
     }
 
@@ -592,6 +608,13 @@ def _converged_lines(result: dict) -> list[str]:
             f"Doubling the epochs raised it by {c['mean_rise']:.2f} points, more than the seeds' "
             f"spread: NOT converged at {n['epochs']} epochs a stage, so the margins above still "
             "include training time."
+        )
+    elif not c.get("resolved", True):
+        verdict = (
+            f"That is no more than the seeds' spread, but {c['val_images']:,} validation images "
+            f"resolve only about ±{c['val_standard_error']:.2f} points of top-1 (binomial "
+            f"standard error at this accuracy; the test asks for {RESOLUTION_POINTS:.0f}): not "
+            "resolved, so this does not show convergence."
         )
     elif c["mean_rise"] > 0:
         verdict = (

@@ -266,7 +266,8 @@ def markdown(record: dict, name: str) -> str:
                 f"{c['quiet_ms']:.2f} | {c['busy_ms']:.2f} | {c['slowdown']:.2f}x |"
             )
         ratios = [
-            f"batch {c['batch']}, OpenMP {c['omp']}: {c[k]:.2f} vs {k[len('ratio_vs_'):]}"
+            f"{c['row']} batch {c['batch']}, OpenMP {c['omp']}: {c[k]:.2f} vs "
+            f"{k[len('ratio_vs_'):]}"
             for c in cont for k in sorted(c) if k.startswith("ratio_vs_")
         ]  # fmt: skip
         if ratios:

@@ -4,7 +4,9 @@
 
 Checks both commits out as git worktrees under /tmp, then alternates them, each round one process
 per commit (``PYTHONPATH`` = that worktree's ``src``) timing the packed Real-to-Bin ImageNet-stem
-network (random weights, seed 0) at batch 1 and 8, 224x224, on the threads given. Reports the
+network (random weights, seed 0) at batch 1 and 8, 224x224, on the threads given; with
+``--float-layers int8`` its int8 engine (calibrated on 4 random batches: speed does not depend on
+the values). Reports the
 median over rounds of each round's median, the new/old ratio, and the load average before and
 after; writes ``benchmarks/results/engine_commits_<tag>.{json,md}``. NEW_COMMIT defaults to the
 working tree (``HEAD`` plus what is not committed is NOT included: commit first).
@@ -31,10 +33,16 @@ import json, sys, time, statistics, torch
 from r2b.models import create_model
 from r2b.packed import to_packed
 batch, runs, threads = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+float_layers = sys.argv[4]
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 model = create_model("r2b_resnet18", stem="imagenet", stage="bnn").eval()
-packed = to_packed(model)
+if float_layers == "int8":
+    calibration = [torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(i))
+                   for i in range(4)]
+    packed = to_packed(model, "int8", calibration)
+else:
+    packed = to_packed(model)
 x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1))
 for _ in range(5):
     packed(x)
@@ -54,10 +62,11 @@ def worktree(commit: str) -> Path:
     return path
 
 
-def time_once(tree: Path, batch: int, runs: int, threads: int) -> dict:
+def time_once(tree: Path, batch: int, runs: int, threads: int, float_layers: str) -> dict:
     env = dict(os.environ, PYTHONPATH=str(tree / "src"), OMP_WAIT_POLICY="active")
-    out = subprocess.run([sys.executable, "-c", _TIMER, str(batch), str(runs), str(threads)],
-                         env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    argv = [str(batch), str(runs), str(threads), float_layers]
+    out = subprocess.run([sys.executable, "-c", _TIMER, *argv], env=env, capture_output=True,
+                         text=True, check=True)  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -70,6 +79,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--tag", default="r2b_imagenet")
+    p.add_argument("--float-layers", choices=["float", "int8"], default="float")
     args = p.parse_args()
     commits = {
         "old": subprocess.run(["git", "rev-parse", args.old], cwd=REPO, capture_output=True,
@@ -83,7 +93,8 @@ def main() -> None:
     for r in range(args.rounds):
         for batch in args.batches:
             for which in ("old", "new") if r % 2 == 0 else ("new", "old"):
-                ms = time_once(trees[which], batch, args.runs, args.threads)["median_ms"]
+                timed = time_once(trees[which], batch, args.runs, args.threads, args.float_layers)
+                ms = timed["median_ms"]
                 rounds[batch][which].append(ms)
                 print(f"round {r} batch {batch} {which}: {ms:.2f} ms", flush=True)
     rows = []
@@ -101,7 +112,8 @@ def main() -> None:
         "omp_wait_policy": "active",
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
-        "network": "r2b_resnet18, ImageNet stem, 224x224, random weights",
+        "network": "r2b_resnet18, ImageNet stem, 224x224, random weights"
+        + (", int8 float layers" if args.float_layers == "int8" else ""),
         "rows": rows,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

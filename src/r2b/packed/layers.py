@@ -445,14 +445,9 @@ class PackedDownsample(nn.Module):
         """``(O, N, OH * OW)`` int32: ``sum_k (q - 128) w`` of the pooled, quantised ``x``, one
         matrix product for the batch (``sums_vectors`` adds the rest of the integer sums)."""
         n, c, h, w = x.shape
-        q = np.empty((c, n, h // 2, w // 2), np.uint8)
-        kernels.quantize_u8(_f32(x), 1, self._inv_scale(), int(self.conv.zero_point), Q_CNHW_S8,
-                            q, _launch("quantize_u8"))  # fmt: skip
+        q = _quantize_codes(self.conv, x, True, Q_CNHW_S8)
         shifted = torch.from_numpy(q).view(torch.int8).reshape(c, -1)
         return torch._int_mm(self._matrix, shifted).reshape(-1, n, (h // 2) * (w // 2))
-
-    def _inv_scale(self) -> np.ndarray:
-        return self.conv.inv_scale.detach().float().numpy()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.conv, Int8Conv2d) and self.compiled_pool:
@@ -471,13 +466,20 @@ def quantized_input(conv: Int8Conv2d, x: torch.Tensor, pool: bool = False) -> to
     """``conv``'s uint8 input from float ``x`` (of its 2 x 2 average pool when ``pool``), in one
     compiled pass, channels-last: equal to ``conv._quantized_input`` (``r2b.packed.int8.
     quantize_activations``) of the same values."""
+    return torch.from_numpy(_quantize_codes(conv, x, pool, Q_NHWC_U8)).permute(0, 3, 1, 2)
+
+
+def _quantize_codes(conv: Int8Conv2d, x: torch.Tensor, pool: bool, layout: int) -> np.ndarray:
+    """``kernels.quantize_u8`` of ``x`` with ``conv``'s scale and zero point: ``(N, OH, OW, C)``
+    uint8 (``Q_NHWC_U8``) or ``(C, N, OH, OW)`` int8 bits of ``q - 128`` (``Q_CNHW_S8``)."""
     n, c, h, w = x.shape
     oh, ow = (h // 2, w // 2) if pool else (h, w)
-    q = np.empty((n, oh, ow, c), np.uint8)
+    shape = (n, oh, ow, c) if layout == Q_NHWC_U8 else (c, n, oh, ow)
+    q = np.empty(shape, np.uint8)
     inv_scale = conv.inv_scale.detach().float().numpy()
-    kernels.quantize_u8(_f32(x), int(pool), inv_scale, int(conv.zero_point), Q_NHWC_U8, q,
+    kernels.quantize_u8(_f32(x), int(pool), inv_scale, int(conv.zero_point), layout, q,
                         _launch("quantize_u8"))  # fmt: skip
-    return torch.from_numpy(q).permute(0, 3, 1, 2)
+    return q
 
 
 def packed_shortcut(shortcut: nn.Module | None) -> nn.Module | None:

@@ -72,7 +72,7 @@ FAMILY_ROWS = [
     ("ReActNet", ["react_ban", "react_bnn"], ()),
 ]
 
-#: The converged protocol (issue 12): 150 images a class, N = 60 epochs a stage, SB also at 2N.
+#: The converged protocol (issue 12): 120 training images a class, N epochs a stage, SB also at 2N.
 CONVERGED_ROWS = [
     ("real ResNet-18", ["teacher"], (78.3,)),
     ("strong baseline (SB), N epochs", ["sb_ban", "sb_bnn"], (72.1, 69.6)),
@@ -691,7 +691,7 @@ def main() -> None:
         choices=sorted(PIPELINES),
         default="table3",
         help="table3: the paper's Table 3 rows (default); families: Bi-Real, ReActNet; "
-        "converged: SB at N and 2N epochs and Real-to-Bin on 150 images a class; beta: the "
+        "converged: SB at N and 2N epochs and Real-to-Bin on 120 images a class; beta: the "
         "attention weight, selected on validation",
     )
     p.add_argument("--runs", type=Path, default=None, help="run folders (benchmarks/runs/NAME)")

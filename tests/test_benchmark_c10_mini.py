@@ -255,14 +255,14 @@ def _converged_accs(sb2n_val: tuple[float, float]) -> dict:
     [
         ((53.0, 55.0), "seed 0: 50.00 → 53.00 (+3.00), seed 1: 51.00 → 55.00 (+4.00); mean change "
          "+3.50, seeds' spread (the larger half-range of the two rows) 1.00. Doubling the epochs "
-         "raised it by 3.50 points, more than the seeds' spread: NOT converged at 60 epochs a "
+         "raised it by 3.50 points, more than the seeds' spread: NOT converged at 120 epochs a "
          "stage, so the margins above still include training time."),
         ((50.6, 51.2), "mean change +0.40, seeds' spread (the larger half-range of the two rows) "
          "0.50. Doubling the epochs raised it by 0.40 points, no more than the seeds' spread: no "
-         "resolved gain, converged by this test at 60 epochs."),
+         "resolved gain, converged by this test at 120 epochs."),
         ((50.5, 50.0), "seed 0: 50.00 → 50.50 (+0.50), seed 1: 51.00 → 50.00 (-1.00); mean "
          "change -0.25, seeds' spread (the larger half-range of the two rows) 0.50. Doubling the "
-         "epochs did not raise it on average (-0.25): converged by this test at 60 epochs a "
+         "epochs did not raise it on average (-0.25): converged by this test at 120 epochs a "
          "stage."),
     ],
 )  # fmt: skip
@@ -273,20 +273,20 @@ def test_converged_table_compares_sb_at_n_and_2n_on_validation(tmp_path, sb2n_va
     assert table.startswith(
         "Converged protocol (benchmarks/c10_mini/converged.yaml): CIFAR-10, 370 images a class: "
         "1,200 train / 2,500 validation / 10,000 test JPEGs (validation: 68% of each class's "
-        "training images, fixed by the seed); ResNet-18, cifar stem, width 0.25, batch 32; 60 "
-        "epochs a stage (strong baseline (SB), 2N epochs: 120 + 120); seeds [0, 1]."
+        "training images, fixed by the seed); ResNet-18, cifar stem, width 0.25, batch 32; 120 "
+        "epochs a stage (strong baseline (SB), 2N epochs: 240 + 240); seeds [0, 1]."
     )
     lo, hi = sorted(sb2n_val)
     sb2n_cell = f"{(lo + hi) / 2:.2f} ± {(hi - lo) / 2:.2f}"
     assert (
-        "| real ResNet-18 | real 60 | 60.50 ± 0.50 | 62.50 ± 0.50 |  | 78.3 |" in table
-        and "| strong baseline (SB), N epochs | ban 60 → bnn 60 | 50.50 ± 0.50 | 52.00 ± 0.00 | "
+        "| real ResNet-18 | real 120 | 60.50 ± 0.50 | 62.50 ± 0.50 |  | 78.3 |" in table
+        and "| strong baseline (SB), N epochs | ban 120 → bnn 120 | 50.50 ± 0.50 | 52.00 ± 0.00 | "
         "-10.50 | 72.1 → 69.6 |"
         in table
-        and f"| strong baseline (SB), 2N epochs | ban 120 → bnn 120 | {sb2n_cell} | 53.50 ± 0.50 | "
+        and f"| strong baseline (SB), 2N epochs | ban 240 → bnn 240 | {sb2n_cell} | 53.50 ± 0.50 | "
         "-9.00 | — |"
         in table
-        and "| Real-to-Bin | fp 60 → ban 60 → bnn 60 | 55.50 ± 0.50 | 57.00 ± 1.00 | -5.50 | "
+        and "| Real-to-Bin | fp 120 → ban 120 → bnn 120 | 55.50 ± 0.50 | 57.00 ± 1.00 | -5.50 | "
         "76.5 → 76.2 |"
         in table
     )

@@ -5,6 +5,7 @@
     python benchmarks/run_c10_mini.py --pipeline families   # the Bi-Real Net and ReActNet rows
     python benchmarks/run_c10_mini.py --pipeline converged  # SB at N and 2N epochs, Real-to-Bin
     python benchmarks/run_c10_mini.py --tables-only --trained-at COMMIT   # tables of done runs
+    python benchmarks/run_c10_mini.py --tables-only --partial   # the rows finished so far
 
 Each seed is one ``r2b train`` pipeline (benchmarks/c10_mini/*.yaml) in ``--runs/seed<S>``; a
 killed benchmark continues with ``--resume`` on the next call, stage by stage and epoch by epoch,
@@ -21,6 +22,10 @@ writes, from the runs' results.json (``RunFolder``):
   CIFAR-100 numbers, with the selection rule, the margins per seed and, for ``converged``,
   whether doubling the strong baseline's epochs still raised its validation top-1;
 - ``benchmarks/results/<name>.png``   per-stage accuracies of every row.
+
+``--partial`` writes the same files as ``<name>_partial.*`` from runs that have not finished
+every row (one that was stopped): the rows whose stages every seed has finished, the others
+named as not trained, and whatever margins and converged test those rows allow.
 
 Runs without a validation split (older ones) are reported by the last epoch's test top-1, and
 the table says so.
@@ -252,20 +257,30 @@ def _stage_entry(name: str, records: list[dict]) -> dict:
     }
 
 
-def _rows(rows: list, seeds: list[int], runs: dict[int, dict]) -> list[dict]:
+def _rows(
+    rows: list, seeds: list[int], runs: dict[int, dict], partial: bool = False
+) -> tuple[list[dict], list[str]]:
+    """The table's rows over the seeds, and (``partial``) the labels of the rows left out
+    because some seed has not finished their stages (without ``partial`` that is an error)."""
     by_name = {s: {r["name"]: r for r in runs[s]["results"]["stages"]} for s in seeds}
-    out = []
+    out, unfinished = [], []
     for label, stages, paper in rows:
-        for seed in seeds:
-            missing = [n for n in stages if n not in by_name[seed]]
-            if missing:
-                sys.exit(f"error: seed {seed} has not finished stage(s) {', '.join(missing)}")
+        missing = {s: [n for n in stages if n not in by_name[s]] for s in seeds}
+        if any(missing.values()):
+            if partial:
+                unfinished.append(label)
+                continue
+            seed = next(s for s in seeds if missing[s])
+            sys.exit(f"error: seed {seed} has not finished stage(s) {', '.join(missing[seed])} "
+                     "(--partial writes the rows that have finished)")  # fmt: skip
         out.append({
             "row": label,
             "paper_cifar100_top1": list(paper),
             "stages": [_stage_entry(n, [by_name[s][n] for s in seeds]) for n in stages],
         })  # fmt: skip
-    return out
+    if not out:
+        sys.exit("error: no row has finished in every seed; train first")
+    return out, unfinished
 
 
 def _final(rows: list[dict]) -> dict[str, tuple[str, dict]]:
@@ -406,7 +421,7 @@ def collect(args) -> dict:
     margins, the converged test and the provenance."""
     pipeline = PIPELINES[getattr(args, "pipeline", None) or "table3"]
     runs = _load_runs(args.runs, args.seeds)
-    rows = _rows(args.rows, args.seeds, runs)
+    rows, unfinished = _rows(args.rows, args.seeds, runs, getattr(args, "partial", False))
     selection = {s["selected_on"] for r in rows for s in r["stages"]}
     if len(selection) > 1:
         sys.exit("error: some stages were selected on validation, some not; one protocol a table")
@@ -438,6 +453,7 @@ def collect(args) -> dict:
         "margins": _margins(rows, pipeline.margins),
         "converged": _doubling(rows, pipeline.doubled, protocol["val_images"]),
         "chosen": _choice(rows, pipeline.choose),
+        "unfinished_rows": unfinished,
     }
 
 
@@ -521,6 +537,24 @@ def _caption(result: dict) -> list[str]:
     ]
 
 
+def _real_top1(result: dict) -> float | None:
+    """The real net's mean test top-1 (the first row), None when that row is not in the table."""
+    first = result["rows"][0]["stages"][0]
+    return _mean(first["test_top1"]) if first["variant"] == "real" else None
+
+
+def _gap(stage: dict, real: float | None) -> str:
+    return "" if real is None else f"{_mean(stage['test_top1']) - real:+.2f}"
+
+
+def _unfinished_lines(result: dict) -> list[str]:
+    rows = result.get("unfinished_rows")
+    if not rows:
+        return []
+    return ["", f"Partial: the runs have not finished these rows yet, so they are not in the "
+            f"table: {'; '.join(rows)}."]  # fmt: skip
+
+
 def _cells(stage: dict) -> str:
     return _mean_spread(stage["test_top1"])
 
@@ -529,7 +563,7 @@ def _table3(result: dict) -> list[str]:
     """Rows of the per-stage table: fp, ban, bnn test top-1, the final stage's gap to the real
     net and (with a validation split) its validation top-1."""
     val = result["selection"] == "val"
-    real = _mean(result["rows"][0]["stages"][0]["test_top1"])
+    real = _real_top1(result)
     lines = [
         "| row | fp | ban | bnn (final) | final − real |"
         + (" final: val top-1 |" if val else "")
@@ -546,7 +580,7 @@ def _table3(result: dict) -> list[str]:
             continue
         lines.append(
             f"| {row['row']} | {cells.get('fp', '')} | {cells.get('ban', '')} | "
-            f"{cells.get('bnn', '')} | {_mean(last['test_top1']) - real:+.2f} |{vcell} {paper} |"
+            f"{cells.get('bnn', '')} | {_gap(last, real)} |{vcell} {paper} |"
         )
     return lines
 
@@ -554,7 +588,7 @@ def _table3(result: dict) -> list[str]:
 def _converged_table(result: dict) -> list[str]:
     """Rows of the converged table: epochs, validation and test top-1 of each row's final
     stage, its gap to the real net."""
-    real = _mean(result["rows"][0]["stages"][0]["test_top1"])
+    real = _real_top1(result)
     lines = [
         "| row | stages (epochs) | val top-1 (final) | test top-1 (final) | test − real |"
         " paper C-100 (stage 1 → 2) |",
@@ -563,7 +597,7 @@ def _converged_table(result: dict) -> list[str]:
     for row in result["rows"]:
         last = row["stages"][-1]
         stages = " → ".join(f"{s['variant']} {s['epochs']}" for s in row["stages"])
-        gap = "" if last["variant"] == "real" else f"{_mean(last['test_top1']) - real:+.2f}"
+        gap = "" if last["variant"] == "real" else _gap(last, real)
         paper = " → ".join(f"{p:.1f}" for p in row["paper_cifar100_top1"]) or "—"
         lines.append(
             f"| {row['row']} | {stages} | {_mean_spread(last['val_top1'])} | "
@@ -646,8 +680,8 @@ def _choice_lines(result: dict) -> list[str]:
 def markdown(result: dict) -> str:
     """The results table with its caption, the margins and (converged) the doubling test."""
     table = _converged_table if result.get("converged") is not None else _table3
-    lines = [*_caption(result), "", *table(result), *_margin_lines(result),
-             *_converged_lines(result), *_choice_lines(result)]  # fmt: skip
+    lines = [*_caption(result), "", *table(result), *_unfinished_lines(result),
+             *_margin_lines(result), *_converged_lines(result), *_choice_lines(result)]  # fmt: skip
     hours = [h / 3600 for h in _training_seconds(result)]
     lines += [
         "",
@@ -705,6 +739,12 @@ def main() -> None:
         help="train nothing: write the tables of the finished runs in --runs",
     )
     p.add_argument(
+        "--partial",
+        action="store_true",
+        help="with --tables-only: also when some rows have not finished (a stopped run); "
+        "writes NAME_partial.* with the finished rows",
+    )
+    p.add_argument(
         "--trained-at",
         nargs="+",
         default=None,
@@ -719,6 +759,10 @@ def main() -> None:
     args.runs = args.runs or REPO / "benchmarks" / "runs" / name
     if args.trained_at:
         args.trained_at = [resolve_commit(c) for c in args.trained_at]
+    if args.partial and not args.tables_only:
+        p.error("--partial writes tables of stopped runs; use it with --tables-only")
+    if args.partial:
+        name += "_partial"
     if not args.tables_only:
         data = args.data or unpack_cifar10()
         args.runs.mkdir(parents=True, exist_ok=True)

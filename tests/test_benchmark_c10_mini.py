@@ -130,9 +130,12 @@ def _stage_record(stage, accs: tuple[float, float, float], val: bool) -> dict:
     return record
 
 
-def _write_runs(runs: Path, pipeline: str, accs: dict[int, dict], val: bool = True) -> None:
+def _write_runs(
+    runs: Path, pipeline: str, accs: dict[int, dict], val: bool = True, unfinished: tuple = ()
+) -> None:
     """Run folders of a finished ``pipeline`` per seed: config.yaml, results.json and each stage's
-    result.json; ``accs[seed][stage]`` as ``OTHER``."""
+    result.json; ``accs[seed][stage]`` as ``OTHER``; the ``unfinished`` stages have no result
+    yet (a stopped run)."""
     cfg = load_config(run_c10_mini.PIPELINES[pipeline].config, ["data.root=/data"])
     n_train = cfg.data.train_limit or 35000
     n_val = round(n_train * cfg.data.val_fraction) if val else 0
@@ -140,7 +143,8 @@ def _write_runs(runs: Path, pipeline: str, accs: dict[int, dict], val: bool = Tr
         run = RunFolder(runs / f"seed{seed}")
         run.create()
         run.config.write_text(dump_yaml(cfg))
-        records = [_stage_record(s, stage_accs.get(s.name, OTHER), val) for s in cfg.stages]
+        records = [_stage_record(s, stage_accs.get(s.name, OTHER), val) for s in cfg.stages
+                   if s.name not in unfinished]  # fmt: skip
         for record in records:
             run.stage(record["name"]).create()
             run.stage(record["name"]).result.write_text(json.dumps(record))
@@ -151,11 +155,13 @@ def _write_runs(runs: Path, pipeline: str, accs: dict[int, dict], val: bool = Tr
         run.results.write_text(json.dumps(results))
 
 
-def _collect(runs: Path, pipeline: str, trained_at: list[str] | None = None) -> dict:
+def _collect(
+    runs: Path, pipeline: str, trained_at: list[str] | None = None, partial: bool = False
+) -> dict:
     pipe = run_c10_mini.PIPELINES[pipeline]
     args = Namespace(runs=runs, seeds=[0, 1], command="python benchmarks/run_c10_mini.py",
                      config=pipe.config, rows=pipe.rows, pipeline=pipeline,
-                     trained_at=trained_at)  # fmt: skip
+                     trained_at=trained_at, partial=partial)  # fmt: skip
     return run_c10_mini.collect(args)
 
 
@@ -401,3 +407,44 @@ def test_a_sitting_records_the_seeds_it_started_with(tmp_path):
     sitting.save()
     (record,) = json.loads((tmp_path / run_c10_mini.SITTINGS_FILE).read_text())
     assert record["seeds"] == [0, 1] and record["commit"]
+
+
+#: A stopped converged run: the strong-baseline rows (trained first) have finished, the real
+#: teacher and Real-to-Bin have not.
+_NOT_YET = ("teacher", "r2b_fp", "r2b_ban", "r2b_bnn")
+
+
+def test_a_stopped_run_is_refused_without_partial(tmp_path):
+    _write_runs(tmp_path, "converged", _converged_accs((53.0, 55.0)), unfinished=_NOT_YET)
+    with pytest.raises(SystemExit, match=r"seed 0 has not finished stage\(s\) teacher .*--partial"):
+        _collect(tmp_path, "converged")
+
+
+def test_partial_tables_hold_the_finished_rows_and_their_converged_test(tmp_path):
+    _write_runs(tmp_path, "converged", _converged_accs((53.0, 55.0)), unfinished=_NOT_YET)
+    result = _collect(tmp_path, "converged", partial=True)
+    assert [r["row"] for r in result["rows"]] == [
+        "strong baseline (SB), N epochs",
+        "strong baseline (SB), 2N epochs",
+    ]
+    assert result["unfinished_rows"] == ["real ResNet-18", "Real-to-Bin"]
+    assert result["margins"] == []  # both margins are of Real-to-Bin
+    assert result["converged"]["rise"] == [3.0, 4.0] and not result["converged"]["converged"]
+    table = run_c10_mini.markdown(result)
+    assert (
+        "| strong baseline (SB), N epochs | ban 120 → bnn 120 | 50.50 ± 0.50 | 52.00 ± 0.00 "
+        "|  | 72.1 → 69.6 |" in table
+    )  # no real row: no gap to it
+    assert (
+        "Partial: the runs have not finished these rows yet, so they are not in the table: "
+        "real ResNet-18; Real-to-Bin." in table
+    )
+    assert "NOT converged at 120 epochs a stage" in table and "Margins" not in table
+
+
+def test_partial_needs_at_least_one_finished_row(tmp_path):
+    cfg = load_config(run_c10_mini.PIPELINES["converged"].config, ["data.root=/data"])
+    _write_runs(tmp_path, "converged", _converged_accs((53.0, 55.0)),
+                unfinished=tuple(s.name for s in cfg.stages))  # fmt: skip
+    with pytest.raises(SystemExit, match="no row has finished in every seed"):
+        _collect(tmp_path, "converged", partial=True)

@@ -18,7 +18,9 @@ from r2b.packed.int8 import (
     ActivationRange,
     Dequantize,
     Int8Conv2d,
+    Int8Linear,
     fold_batchnorm,
+    int8_model,
     int8_reference,
     int8_sites,
     int_mm_exact,
@@ -26,7 +28,7 @@ from r2b.packed.int8 import (
     quantize_activations,
     quantize_weight,
 )
-from r2b.packed.layers import PackedDownsample, quantized_input
+from r2b.packed.layers import PackedClassifier, PackedDownsample, quantized_input
 
 
 def test_activation_grid_holds_zero_and_the_range():
@@ -147,13 +149,51 @@ def test_dequantize_rounds_twice():
     assert torch.equal(d(acc), acc * m + b)
 
 
-def test_sites_are_the_stem_and_downsample_convs():
+def test_sites_are_the_stem_and_downsample_convs_and_the_classifier():
     model = create_model("r2b_resnet18", stage="bnn", stem="imagenet", num_classes=10)
     sites = int8_sites(model)
-    assert len(sites) == 4  # the stem conv and three 1x1 downsample convs; the classifier is float
-    for site in sites:
+    assert len(sites) == 5  # the stem conv, three 1x1 downsample convs, the classifier
+    for site in sites[:4]:
         assert isinstance(model.get_submodule(site.product), nn.Conv2d)
         assert isinstance(model.get_submodule(site.batchnorm), nn.BatchNorm2d)
+    assert sites[4].product == "fc" and sites[4].batchnorm is None
+    assert int8_sites(model, classifier=False) == sites[:4]
+
+
+def _int8_linear(k: int, o: int, z: int, seed: int) -> Int8Linear:
+    gen = torch.Generator().manual_seed(seed)
+    linear = Int8Linear(nn.Linear(k, o))
+    w = torch.randint(-WEIGHT_LEVELS, WEIGHT_LEVELS + 1, linear.weight_q.shape, generator=gen)
+    w[0], w[1] = WEIGHT_LEVELS, -WEIGHT_LEVELS  # products at the bounds
+    linear.weight_q.copy_(w)
+    linear.inv_scale.fill_(1.0)
+    linear.zero_point.fill_(z)
+    return linear
+
+
+@pytest.mark.parametrize("k, o, z", [(512, 1000, 0), (512, 10, 131), (96, 7, 255)])
+def test_int8_classifier_is_exact_integer_arithmetic(k, o, z):
+    linear = _int8_linear(k, o, z, seed=k + z)
+    q = torch.randint(0, 256, (5, k), generator=torch.Generator().manual_seed(z))
+    q[0] = 255
+    x = (q - z).float()  # scale 1: quantises to q
+    expected = (q.long() - z) @ linear.weight_q.long().t()  # int64 oracle
+    assert torch.equal(linear(x).double(), expected.double())
+    linear.set_backend("reference")
+    assert torch.equal(linear(x).double(), expected.double())
+
+
+@pytest.mark.skipif(not int_mm_exact(), reason="torch._int_mm is missing or inexact here")
+def test_packed_classifier_equals_the_int8_classifier():
+    linear = _int8_linear(64, 12, 9, seed=1)
+    linear.inv_scale.fill_(2.0)
+    dequantize = Dequantize(12)
+    dequantize.multiplier.uniform_(0.01, 0.1)
+    dequantize.bias.uniform_(-1, 1)
+    x = _ties((3, 64), seed=6)
+    packed = PackedClassifier(linear, dequantize)
+    linear.set_backend("reference")
+    assert torch.equal(packed(x), dequantize(linear(x)))
 
 
 def _calibration(size: int, seed: int = 0) -> list[torch.Tensor]:
@@ -178,6 +218,7 @@ def test_packed_int8_equals_its_reference(name, stem, size):
     in_kernel = [i for i, h in enumerate(packed.halves) if h._res_vectors is not None]
     downsampling = [i for i, h in enumerate(packed.halves) if h.shortcut is not None]
     assert in_kernel == (downsampling if int_mm_exact() else [])
+    assert isinstance(packed.fc, PackedClassifier) == int_mm_exact()
 
 
 def test_int8_file_round_trip(tmp_path):
@@ -190,6 +231,7 @@ def test_int8_file_round_trip(tmp_path):
     assert torch.equal(loaded(x), packed(x))
     assert loaded.record.float_layers == "int8" and size < float_size
     header, tensors = read(tmp_path / "m.r2b")
+    assert header["int8_classifier"] is True and tensors["fc.0.weight_q"].dtype == np.int8
     assert all(np.abs(t.astype(np.int16)).max() <= WEIGHT_LEVELS
                for k, t in tensors.items() if k.endswith("weight_q"))  # fmt: skip
     stem = next(k for k in tensors if k.endswith("weight_q"))
@@ -197,6 +239,38 @@ def test_int8_file_round_trip(tmp_path):
     tensors[stem].flat[0] = 127  # what files made before the +-64 limit could hold
     with pytest.raises(PackedFileError, match="int8 weights beyond"):
         from_parts(header, tensors, "old.r2b")
+
+
+def test_int8_files_before_the_int8_classifier_still_load(tmp_path):
+    """A file written before the classifier was int8 (``float_layers`` int8, no
+    ``int8_classifier``, a float ``fc``) runs as its reference with a float classifier."""
+    model = randomise(create_model("r2b_resnet18", stage="bnn", stem="cifar", num_classes=10))
+    calibration = _calibration(32)
+    save(to_packed(model, "int8", calibration), tmp_path / "new.r2b")
+    header, tensors = read(tmp_path / "new.r2b")
+    del header["int8_classifier"]
+    for key in [k for k in tensors if k.startswith("fc.")]:
+        del tensors[key]
+    tensors["fc.weight"], tensors["fc.bias"] = (t.detach().numpy() for t in model.fc.parameters())
+    old = from_parts(header, tensors, "old.r2b")
+    expected = int8_model(model, calibration, backend="reference", classifier=False)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        assert isinstance(old.fc, nn.Linear) and torch.equal(old(x), expected(x))
+    header["int8_classifier"] = "yes"
+    with pytest.raises(PackedFileError, match="int8_classifier"):
+        from_parts(header, tensors, "bad.r2b")
+
+
+def test_int8_calibration_takes_one_tensor_of_images():
+    model = randomise(create_model("r2b_resnet18", stage="bnn", stem="cifar", num_classes=10))
+    images = _calibration(32)[0]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():  # one (N, 3, H, W) tensor is one batch
+        assert torch.equal(to_packed(model, "int8", images)(x),
+                           to_packed(model, "int8", [images])(x))  # fmt: skip
+    with pytest.raises(UserError, match=r"shape \(3, 32, 32\): pass \(N, 3, H, W\)"):
+        to_packed(model, "int8", images[0])
 
 
 def test_int8_needs_calibration_and_a_known_choice():

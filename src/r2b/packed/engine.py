@@ -10,7 +10,7 @@ model's modules in eval mode. The result equals the eval-mode float model bit fo
 names.
 
 ``to_packed(model, float_layers="int8", calibration=batches)`` also runs the stem conv, the
-downsample 1x1 convs in int8 (``r2b.packed.int8``); that engine equals
+downsample 1x1 convs and the classifier in int8 (``r2b.packed.int8``); that engine equals
 ``r2b.packed.int8.int8_reference(model, batches)``, a fake-quantised eval graph, bit for bit.
 """
 
@@ -26,8 +26,8 @@ from torch import nn
 from r2b.errors import UserError
 from r2b.models.spec import BinaryNetSpec
 from r2b.packed.bitpack import pack_weight
-from r2b.packed.int8 import Dequantize, Int8Conv2d, has_int8_layers, int8_model
-from r2b.packed.layers import PackedBinaryConv2d, PackedHalfBlock, PackedStem
+from r2b.packed.int8 import Dequantize, Int8Conv2d, Int8Linear, has_int8_layers, int8_model
+from r2b.packed.layers import PackedBinaryConv2d, PackedHalfBlock, PackedStem, packed_classifier
 from r2b.packed.threads import ThreadPolicy
 
 
@@ -69,6 +69,8 @@ class PackedRecord:
     tensors: dict = field(default_factory=dict)
     #: ``"float"``, or ``"int8"`` when the stem and downsample convs are int8 layers
     float_layers: str = "float"
+    #: with ``"int8"``: whether the classifier is int8 too (files before it: float)
+    int8_classifier: bool = False
 
 
 class PackedResNet(nn.Module):
@@ -166,10 +168,10 @@ FLOAT_LAYERS = ("float", "int8")
 def to_packed(model: nn.Module, float_layers: str = "float", calibration=None) -> PackedResNet:
     """The packed inference engine of a trained fully binary network (the model is not changed).
 
-    ``float_layers="int8"``: the stem conv and the downsample convs in int8, scales from
-    ``calibration`` (an iterable of normalised ``(N, 3, H, W)`` image batches; post-training
-    quantisation, ``r2b.packed.int8``). Raises ``UserError`` for a model that is not fully binary
-    (stages ``fp`` and ``ban``).
+    ``float_layers="int8"``: the stem conv, the downsample convs and the classifier in int8,
+    scales from ``calibration`` (an iterable of normalised ``(N, 3, H, W)`` image batches, or
+    one such tensor; post-training quantisation, ``r2b.packed.int8``). Raises ``UserError`` for
+    a model that is not fully binary (stages ``fp`` and ``ban``).
     """
     if float_layers not in FLOAT_LAYERS:
         raise UserError(f"float_layers {float_layers!r}: choose one of {', '.join(FLOAT_LAYERS)}")
@@ -200,7 +202,9 @@ def assemble(
     ]
     arch = getattr(model, "arch", {})
     stem = _packed_stem(_frozen(spec.stem))
-    packed = PackedResNet(arch, stem, halves, _frozen(spec.pool), _frozen(spec.fc))
+    packed = PackedResNet(
+        arch, stem, halves, _frozen(spec.pool), packed_classifier(_frozen(spec.fc))
+    )
     packed.record = _export_record(model, spec.binary_convs(), convs)
     return packed
 
@@ -217,7 +221,8 @@ def _export_record(model: nn.Module, binary_convs: list, convs: list[PackedConv]
         if k not in skip and not k.endswith("num_batches_tracked")
     }
     kind = "int8" if has_int8_layers(model) else "float"
-    return PackedRecord(dict(getattr(model, "arch", {})), binary, real, kind)
+    int8_classifier = any(isinstance(m, Int8Linear) for m in model.modules())
+    return PackedRecord(dict(getattr(model, "arch", {})), binary, real, kind, int8_classifier)
 
 
 def _packed_stem(stem: nn.Sequential) -> nn.Module:

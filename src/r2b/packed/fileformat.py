@@ -23,8 +23,10 @@ BatchNorm's ``num_batches_tracked`` counters are left out (inference does not us
 An engine with int8 float layers (``to_packed(model, "int8", calibration)``) adds
 ``"float_layers": "int8"`` to ``"model"``; its tensors are then those of the int8 structure
 (``r2b.packed.int8.int8_structure``: ``weight_q`` int8, ``inv_scale``, ``zero_point``, and the
-``Dequantize`` ``multiplier`` / ``bias`` in place of the folded BatchNorms). Without the key the
-float layers are float (every file written before int8 mode).
+``Dequantize`` ``multiplier`` / ``bias`` in place of the folded BatchNorms), and
+``"int8_classifier": true`` when the classifier is int8 too (``fc.0`` its ``Int8Linear``,
+``fc.1`` its ``Dequantize``; int8 files without the key hold a float classifier). Without
+``"float_layers"`` the float layers are float (every file written before int8 mode).
 
 Why safetensors and not a container of r2b's own (format 1, r2b 0.1): it is the format the
 checkpoints already use, it stores uint64 words and string metadata, every framework and viewer
@@ -95,6 +97,8 @@ def to_bytes(model: torch.nn.Module) -> bytes:
     header = {"arch": record.arch, "binary_convs": convs}
     if record.float_layers != "float":
         header["float_layers"] = record.float_layers  # absent: float (files before int8 mode)
+    if record.int8_classifier:
+        header["int8_classifier"] = True  # absent: a float classifier (files before it)
     return _encode(header, tensors)
 
 
@@ -225,8 +229,11 @@ def from_parts(header: dict, tensors: dict[str, np.ndarray], source: str) -> Pac
     float_layers = header.get("float_layers", "float")
     if float_layers not in ("float", "int8"):
         raise fail(f"of float layers {float_layers!r} that this r2b cannot run (float or int8)")
+    int8_classifier = header.get("int8_classifier", False)
+    if not isinstance(int8_classifier, bool) or (int8_classifier and float_layers != "int8"):
+        raise fail("inconsistent (int8_classifier is not true or false, or without int8 layers)")
     if float_layers == "int8":
-        model = int8_structure(model, int8_sites(model))
+        model = int8_structure(model, int8_sites(model, classifier=int8_classifier))
         set_backend(model, "onednn" if onednn_available() else "reference")
     binary = {id(m) for m in getattr(model, "binary_convs", list)()}
     names = {n: m for n, m in model.named_modules() if id(m) in binary}

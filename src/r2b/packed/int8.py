@@ -1,9 +1,9 @@
 """int8 float layers for the packed engine: ``to_packed(model, float_layers="int8", ...)``.
 
 A binary network's remaining float compute is its stem convolution, the 1x1 convolutions of the
-downsampling shortcuts and the classifier. This module runs the convolutions in int8 with
-post-training quantisation (the classifier stays float: ``int8_sites`` says why); the binary
-convolutions, gates, shifts and activations stay as the exact engine runs them.
+downsampling shortcuts and the classifier. This module runs all three in int8 with post-training
+quantisation; the binary convolutions, gates, shifts and activations stay as the exact engine
+runs them.
 
 **The arithmetic** (one definition, shared by the engine and its reference). For a layer with
 input ``x`` and folded weights ``W`` (BatchNorm after a conv folded in: ``W' = W * g / sqrt(v + e)``
@@ -37,7 +37,9 @@ activations: ``reduce_range``; an image is 8-bit data, so here the weights give 
 x86) and converts it to float32 once, correctly rounded. A downsample's 1x1 conv is one
 ``torch._int_mm`` for the whole batch instead (``r2b.packed.layers.PackedDownsample``):
 ``sum_k (q_k - 128) w_k`` on int8 operands plus ``(128 - z) sum_k w_k``, the same integer;
-``int_mm_exact`` checks that product at its extremes once. The reference
+``int_mm_exact`` checks that product at its extremes once. The classifier (``Int8Linear``, no
+BatchNorm: ``b'`` is its bias) is that product too, on the pooled features, and its
+``Dequantize`` output is the logits. The reference
 (``Int8Conv2d`` with ``backend="reference"``) computes the same integer with a float64
 convolution of the integer-valued tensors (exact below 2^53) and rounds it to float32 once. The
 scale and bias steps are the same PyTorch elementwise ops in both, so the int8 engine equals
@@ -176,6 +178,53 @@ class _Int8Product(nn.Module):
         return self._prepacked
 
 
+def int_mm_shift(weight_q: torch.Tensor, zero_point: int) -> torch.Tensor:
+    """``(128 - z) sum_k w_q[o, k]`` (int32, per output): what turns the product of the weights
+    with the shifted codes ``q - 128`` (int8 operands for ``torch._int_mm``) into
+    ``sum_k (q_k - z) w_q[o, k]``."""
+    w = weight_q.reshape(weight_q.shape[0], -1).to(torch.int32)
+    return (128 - zero_point) * w.sum(dim=1, dtype=torch.int32)
+
+
+class Int8Linear(_Int8Product):
+    """``acc = (q(x) - z) w_q^T`` as exact integers in float32: the classifier in int8.
+
+    The fast backend is one ``torch._int_mm`` of the shifted codes ``q - 128`` with the int8
+    weights plus ``int_mm_shift`` (in int32, then one rounding to float32, as the reference's
+    float64 product is rounded once); without an exact ``_int_mm`` (``int_mm_exact``) it is the
+    reference."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__(tuple(linear.weight.shape))
+
+    @property
+    def out_features(self) -> int:
+        return int(self.weight_q.shape[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.integer_sums(self._quantized_input(x))
+
+    def integer_sums(self, q: torch.Tensor) -> torch.Tensor:
+        """``acc`` (float32, exact integers rounded once) of the quantised input ``q``
+        (uint8, ``(N, K)``)."""
+        if self.backend == "reference" or not int_mm_exact():
+            centred = q.double() - float(self.zero_point)
+            return (centred @ self.weight_q.double().t()).float()
+        shifted = (q.to(torch.int16) - 128).to(torch.int8)
+        return (torch._int_mm(shifted, self.weight_q.t()) + self.shift()).float()
+
+    def shift(self) -> torch.Tensor:
+        """``int_mm_shift`` of these weights, made once."""
+        if self._prepacked is None:
+            self._prepacked = (int_mm_shift(self.weight_q, int(self.zero_point)),
+                               int(self.zero_point))  # fmt: skip
+        return self._prepacked[0]
+
+    def extra_repr(self) -> str:
+        o, k = self.weight_q.shape
+        return f"in_features={k}, out_features={o}, backend={self.backend}"
+
+
 class Int8Conv2d(_Int8Product):
     """``acc = conv(q(x) - z, w_q)`` as exact integers in float32 (see the module docstring)."""
 
@@ -223,20 +272,23 @@ class Int8Conv2d(_Int8Product):
 
 @dataclass(frozen=True)
 class Int8Site:
-    """One float conv that runs in int8: the module names of the ``Conv2d`` and of the
-    BatchNorm after it, under the model."""
+    """One float layer that runs in int8: the module names of the ``Conv2d`` and of the
+    BatchNorm after it, under the model; or of the classifier's ``Linear`` (``batchnorm``
+    None: the int8 form is ``nn.Sequential(Int8Linear, Dequantize)`` under the same name)."""
 
     product: str
-    batchnorm: str
+    batchnorm: str | None = None
 
 
-def int8_sites(model: nn.Module) -> list[Int8Site]:
+def int8_sites(model: nn.Module, classifier: bool = True) -> list[Int8Site]:
     """The stem conv and every downsample shortcut's 1x1 conv, each with the BatchNorm after it,
-    found through the model's description (``model.spec()``, ``r2b.models.spec``).
+    and (``classifier``) the classifier, found through the model's description
+    (``model.spec()``, ``r2b.models.spec``).
 
-    The classifier stays float: measured on 2 Xeon cores (224x224, batch 1 and 8), its int8 form
-    (quantise, oneDNN ``qlinear``, dequantise) took 0.06-0.09 ms against 0.02-0.07 ms in float,
-    and it would add a rounding step to the logits."""
+    The classifier is int8 since it is the one place where a batch-1 forward pass reads a large
+    weight matrix once: measured on 2 Zen 4 EPYC cores, 512 x 1000 weights not in cache, fp32
+    ``F.linear`` took 0.24-0.26 ms, ``torch._int_mm`` 0.06 ms (10 classes: no gain, no loss).
+    ``.r2b`` files written before hold it in float (``classifier=False``)."""
     spec = model.spec()
     names = {id(m): n for n, m in model.named_modules()}
     sites = []
@@ -248,6 +300,8 @@ def int8_sites(model: nn.Module) -> list[Int8Site]:
         bn = getattr(half.shortcut, "bn", None)
         if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
             sites.append(Int8Site(names[id(conv)], names[id(bn)]))
+    if classifier and isinstance(spec.fc, nn.Linear):
+        sites.append(Int8Site(names[id(spec.fc)]))
     return sites
 
 
@@ -255,7 +309,12 @@ def calibration_ranges(
     model: nn.Module, sites: list[Int8Site], images: Iterable[torch.Tensor]
 ) -> list[ActivationRange]:
     """Each site's input range over ``images`` (batches of normalised ``(N, 3, H, W)`` float
-    tensors) in the eval float model."""
+    tensors, or one such tensor) in the eval float model."""
+    if isinstance(images, torch.Tensor):
+        if images.dim() != 4:
+            raise UserError(f"int8 calibration images of shape {tuple(images.shape)}: pass "
+                            "(N, 3, H, W) batches of normalised images")  # fmt: skip
+        images = [images]
     lows = [float("inf")] * len(sites)
     highs = [float("-inf")] * len(sites)
 
@@ -293,29 +352,42 @@ def int8_structure(model: nn.Module, sites: list[Int8Site]) -> nn.Module:
     quantized = copy.deepcopy(model).eval()
     for site in sites:
         float_layer = quantized.get_submodule(site.product)
+        if site.batchnorm is None:
+            classifier = nn.Sequential(
+                Int8Linear(float_layer), Dequantize(float_layer.out_features)
+            )
+            _replace(quantized, site.product, classifier)
+            continue
         _replace(quantized, site.product, Int8Conv2d(float_layer))
         _replace(quantized, site.batchnorm, Dequantize(float_layer.out_channels))
     return quantized
 
 
-def int8_layers(model: nn.Module, site: Int8Site) -> tuple[Int8Conv2d, Dequantize]:
-    """The int8 conv and its ``Dequantize`` of ``site`` in an ``int8_structure`` model."""
+def int8_layers(model: nn.Module, site: Int8Site) -> tuple[_Int8Product, Dequantize]:
+    """The int8 layer and its ``Dequantize`` of ``site`` in an ``int8_structure`` model."""
+    if site.batchnorm is None:
+        product, dequantize = model.get_submodule(site.product)
+        return product, dequantize
     return model.get_submodule(site.product), model.get_submodule(site.batchnorm)
 
 
 def int8_model(
-    model: nn.Module, calibration: Iterable[torch.Tensor], backend: str = "onednn"
+    model: nn.Module,
+    calibration: Iterable[torch.Tensor],
+    backend: str = "onednn",
+    classifier: bool = True,
 ) -> nn.Module:
-    """The eval model with its stem conv and downsample convs in int8, calibrated on
+    """The eval model with its stem conv, downsample convs and classifier in int8, calibrated on
     ``calibration`` (batches of normalised images). ``backend="reference"`` is the oracle that
-    the packed int8 engine equals bit for bit."""
-    sites = int8_sites(model)
+    the packed int8 engine equals bit for bit; ``classifier=False`` keeps the classifier float
+    (as in ``.r2b`` files written before it was int8)."""
+    sites = int8_sites(model, classifier)
     ranges = calibration_ranges(model, sites, calibration)
     quantized = int8_structure(model, sites)
     for site, seen in zip(sites, ranges):
         product, dequantize = int8_layers(quantized, site)
         float_layer = model.get_submodule(site.product)
-        bn = model.get_submodule(site.batchnorm)
+        bn = None if site.batchnorm is None else model.get_submodule(site.batchnorm)
         with torch.no_grad():
             product.calibrate(float_layer.weight, float_layer.bias, bn, seen, dequantize)
     set_backend(quantized, backend if onednn_available() else "reference")

@@ -30,7 +30,7 @@ from r2b.models.spec import HalfBlockSpec
 from r2b.packed import kernels
 from r2b.packed.batchnorm import probe_affine
 from r2b.packed.bitpack import kernel_layout, n_words, pack_bits
-from r2b.packed.int8 import Dequantize, Int8Conv2d, int_mm_exact
+from r2b.packed.int8 import Dequantize, Int8Conv2d, Int8Linear, int_mm_exact
 from r2b.packed.kernels import BN_NONE, Q_CNHW_S8, Q_NHWC_U8, RES_DEQUANT, RES_PLAIN
 from r2b.packed.parallel import kernel_threads, launch_info
 
@@ -456,6 +456,35 @@ class PackedDownsample(nn.Module):
         return self.bn(self.conv(pooled))
 
 
+class PackedClassifier(nn.Module):
+    """The int8 classifier ``Int8Linear -> Dequantize`` with its input quantised in one
+    compiled pass (``kernels.quantize_u8``, the codes ``q - 128``) and its integer sums from one
+    ``torch._int_mm`` of the batch: the same integers as ``Int8Linear.integer_sums``, rounded
+    to float32 once, then its ``Dequantize``."""
+
+    def __init__(self, linear: Int8Linear, dequantize: Dequantize) -> None:
+        super().__init__()
+        self.linear, self.dequantize = linear, dequantize
+        self._shift = linear.shift().view(-1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, k = x.shape
+        codes = _quantize_codes(self.linear, x.reshape(n, k, 1, 1), False, Q_CNHW_S8)
+        shifted = torch.from_numpy(codes).view(torch.int8).reshape(k, n)
+        sums = torch._int_mm(self.linear.weight_q, shifted) + self._shift
+        return self.dequantize(sums.t().float())
+
+
+def packed_classifier(fc: nn.Module) -> nn.Module:
+    """``PackedClassifier`` for an int8 classifier when ``torch._int_mm`` is exact here; any
+    other classifier as it is."""
+    layers = list(fc) if isinstance(fc, nn.Sequential) else []
+    if len(layers) == 2 and isinstance(layers[0], Int8Linear) and int_mm_exact():
+        if layers[0].backend != "reference":
+            return PackedClassifier(*layers)
+    return fc
+
+
 def _is_pointwise(conv: nn.Module) -> bool:
     """An int8 1x1 conv with stride 1 and no padding: a matrix product."""
     return (isinstance(conv, Int8Conv2d) and tuple(conv.weight_q.shape[2:]) == (1, 1)
@@ -469,9 +498,10 @@ def quantized_input(conv: Int8Conv2d, x: torch.Tensor, pool: bool = False) -> to
     return torch.from_numpy(_quantize_codes(conv, x, pool, Q_NHWC_U8)).permute(0, 3, 1, 2)
 
 
-def _quantize_codes(conv: Int8Conv2d, x: torch.Tensor, pool: bool, layout: int) -> np.ndarray:
-    """``kernels.quantize_u8`` of ``x`` with ``conv``'s scale and zero point: ``(N, OH, OW, C)``
-    uint8 (``Q_NHWC_U8``) or ``(C, N, OH, OW)`` int8 bits of ``q - 128`` (``Q_CNHW_S8``)."""
+def _quantize_codes(conv: nn.Module, x: torch.Tensor, pool: bool, layout: int) -> np.ndarray:
+    """``kernels.quantize_u8`` of ``x`` with the int8 layer ``conv``'s scale and zero point:
+    ``(N, OH, OW, C)`` uint8 (``Q_NHWC_U8``) or ``(C, N, OH, OW)`` int8 bits of ``q - 128``
+    (``Q_CNHW_S8``)."""
     n, c, h, w = x.shape
     oh, ow = (h // 2, w // 2) if pool else (h, w)
     shape = (n, oh, ow, c) if layout == Q_NHWC_U8 else (c, n, oh, ow)

@@ -834,15 +834,26 @@ def half_block(static, xp, gain, shortcut, out, xp2, y2, sums, launch):
 # ------------------------------------------------------------------ stem tail
 
 
+@njit(inline="always")
+def _nan_max(v, m):
+    """``max(v, m)`` as PyTorch's max-pool scan takes it: a NaN wins."""
+    return v if (v > m) | (v != v) else m
+
+
 @njit(cache=True)
-def _stem_task(task, conv, mode, bn_a, bn_b, slope, pool, out):
+def _stem_task(task, conv, mode, bn_a, bn_b, slope, sgn, pool, out):
     """Output row ``oh`` of image ``n``: ``maxpool(PReLU(BN(conv)))`` (NHWC in, NCHW out).
 
     ``pool = (kernel, stride, padding)``; kernel 0 means no pooling. ``bn_a``, ``bn_b``,
     ``slope`` are the per-channel coefficients tiled along one input row (``W * C``), so that
     every loop runs over a whole contiguous row. The max of the window is taken rows first, then
-    columns: the same maximum as PyTorch's scan (NaN propagates too).
+    columns: the same maximum as PyTorch's scan (NaN propagates too). With a pool and ``sgn``
+    (the tiled direction of each channel, +-1; empty: not every channel is monotone) the max is
+    taken before BN and PReLU (``_stem_task_monotone``).
     """
+    if pool[0] > 0 and sgn.shape[0] > 0:
+        _stem_task_monotone(task, conv, mode, bn_a, bn_b, slope, sgn, pool, out)
+        return
     height, width, channels = conv.shape[1], conv.shape[2], conv.shape[3]
     out_h, out_w = out.shape[2], out.shape[3]
     n = task // out_h
@@ -875,15 +886,70 @@ def _stem_task(task, conv, mode, bn_a, bn_b, slope, pool, out):
             for c in range(channels):
                 v, m = src[c], dst[c]
                 dst[c] = v if (v > m) | (v != v) else m
+    _store_channels_first(best, out, n, oh)
+
+
+@njit(inline="always")
+def _store_channels_first(row, out, n, oh):
+    """Row ``oh`` of image ``n`` of NCHW ``out`` from ``row``, the same row channels-last."""
+    channels, out_w = out.shape[1], out.shape[3]
     for c in range(channels):
         dst = _plane(out, n, c, oh * out_w, out_w)
         for ow in range(out_w):
-            dst[ow] = best[ow * channels + c]
+            dst[ow] = row[ow * channels + c]
+
+
+@njit(cache=True)
+def _stem_task_monotone(task, conv, mode, bn_a, bn_b, slope, sgn, pool, out):
+    """``_stem_task`` when every channel's ``f(x) = PReLU(BN(x))`` is monotone: the max-pool is
+    taken on the conv output and ``f`` applied to the 1 in ``k * k`` values it keeps.
+
+    For a non-decreasing ``f`` (BN scale ``a > 0`` or no BN, PReLU slope ``>= 0``),
+    ``max_i f(x_i) = f(max_i x_i)``; for a non-increasing one (``a < 0``) it is
+    ``f(min_i x_i)``, taken as ``-max_i(-x_i)`` with ``sgn = -1`` (negation is exact). Each
+    float step of ``f`` (a product, a sum or an fma with a fixed operand, the select of PReLU) is
+    monotone after rounding too, so the values equal the pool of ``f`` exactly; a NaN still
+    wins. Only the sign of a zero can differ where the window holds both ``+0`` and ``-0``
+    images of ``f`` (the scan keeps the first): equal values, which no later step tells apart
+    but by that sign.
+    """
+    height, width, channels = conv.shape[1], conv.shape[2], conv.shape[3]
+    out_h, out_w = out.shape[2], out.shape[3]
+    n = task // out_h
+    oh = task - n * out_h
+    k, s, p = pool[0], pool[1], pool[2]
+    row_len = width * channels
+    vmax = np.full(row_len, -np.inf, np.float32)
+    for i in range(k):
+        h = oh * s - p + i
+        if h < 0 or h >= height:
+            continue
+        src = carray(_as_f32(conv.ctypes.data + 4 * (n * height + h) * row_len), (row_len,))
+        for j in range(row_len):
+            vmax[j] = _nan_max(src[j] * sgn[j], vmax[j])
+    row_out = out_w * channels
+    best = np.full(row_out, -np.inf, np.float32)
+    for ow in range(out_w):
+        ob = ow * channels
+        for j in range(k):
+            w = ow * s - p + j
+            if w < 0 or w >= width:
+                continue
+            wb = w * channels
+            for c in range(channels):
+                best[ob + c] = _nan_max(vmax[wb + c], best[ob + c])
+    for j in range(row_out):
+        best[j] = best[j] * sgn[j]
+    _bn_channels(best, mode, bn_a[:row_out], bn_b[:row_out], best)
+    for j in range(row_out):
+        v = best[j]
+        best[j] = v if v > 0 else slope[j] * v
+    _store_channels_first(best, out, n, oh)
 
 
 #: Arguments of ``stem_tail``.
 StemArgs = arg_layout("StemArgs", [
-    ("conv", 4), ("bn_a", 1), ("bn_b", 1), ("slope", 1), ("out", 4),
+    ("conv", 4), ("bn_a", 1), ("bn_b", 1), ("slope", 1), ("sgn", 1), ("out", 4),
     ("mode", 0), ("pool_k", 0), ("pool_s", 0), ("pool_p", 0),
 ])  # fmt: skip
 
@@ -895,21 +961,24 @@ def _stem_worker(data):
     bn_a = _get_f32_1d(args, A.BN_A)
     bn_b = _get_f32_1d(args, A.BN_B)
     slope = _get_f32_1d(args, A.SLOPE)
+    sgn = _get_f32_1d(args, A.SGN)
     out = _get_f32_4d(args, A.OUT)
     mode = args[A.MODE]
     pool = args[A.POOL_K : A.POOL_P + 1]
     n_tasks = args[ARG_N_TASKS]
     task = _next_task(args)
     while task < n_tasks:
-        _stem_task(task, conv, mode, bn_a, bn_b, slope, pool, out)
+        _stem_task(task, conv, mode, bn_a, bn_b, slope, sgn, pool, out)
         task = _next_task(args)
 
 
 @njit(cache=True, nogil=True)
-def stem_tail(conv, mode, bn_a, bn_b, slope, pool, out, launch):
+def stem_tail(conv, mode, bn_a, bn_b, slope, sgn, pool, out, launch):
     """``out = maxpool(PReLU(BN(conv)))``: ``conv`` ``(N, H, W, C)`` (channels-last), ``out``
     ``(N, C, OH, OW)``; ``pool = (kernel, stride, padding)`` of a max-pool (kernel 0: none);
-    ``bn_a``, ``bn_b``, ``slope``: per-channel coefficients tiled ``W`` times (length ``W * C``).
+    ``bn_a``, ``bn_b``, ``slope``: per-channel coefficients tiled ``W`` times (length ``W * C``);
+    ``sgn``: each channel's direction (+1 where ``PReLU(BN(x))`` never decreases in ``x``, -1
+    where it never increases) tiled the same way, or empty when some channel is neither.
     """
     A = StemArgs
     args = np.empty(A.SIZE, np.int64)
@@ -917,6 +986,7 @@ def stem_tail(conv, mode, bn_a, bn_b, slope, pool, out, launch):
     _put_array(args, A.BN_A, bn_a)
     _put_array(args, A.BN_B, bn_b)
     _put_array(args, A.SLOPE, slope)
+    _put_array(args, A.SGN, sgn)
     _put_array(args, A.OUT, out)
     args[A.MODE] = mode
     args[A.POOL_K : A.POOL_P + 1] = pool

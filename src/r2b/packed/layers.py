@@ -314,6 +314,20 @@ class PackedHalfBlock(nn.Module):
         return self.run(x, xp, y)[0]
 
 
+def _directions(bn_mode: int, bn_a: np.ndarray, bn_b: np.ndarray, slope: np.ndarray) -> np.ndarray:
+    """Per channel, +1 where ``PReLU(BN(x))`` increases with ``x`` (BN scale ``a > 0`` or no
+    BN) and -1 where it decreases (``a < 0``), so that the stem's max-pool can be taken before
+    them (``kernels.stem_tail``); empty when some channel is neither or could turn an infinite
+    ``x`` into NaN where PyTorch's order would not: a scale of 0, a PReLU slope that is not
+    positive (``0 * -inf``), a coefficient that is not finite."""
+    a = np.ones_like(slope) if bn_mode == BN_NONE else bn_a
+    finite = all(np.all(np.isfinite(v)) for v in (a, slope)) and (
+        bn_mode == BN_NONE or np.all(np.isfinite(bn_b)))  # fmt: skip
+    if not (finite and np.all(slope > 0) and np.all(a != 0)):
+        return np.zeros(0, np.float32)
+    return np.where(a > 0, 1.0, -1.0).astype(np.float32)
+
+
 def _activation(act: nn.Module | None, channels: int) -> tuple[int | None, dict]:
     """The epilogue's activation kind and per-channel ``slope``, ``shift_in``, ``shift_out``
     for ``act`` (``None``, a PReLU, an ``RPReLU``); kind ``None`` for a module it cannot run."""
@@ -351,16 +365,18 @@ class PackedStem(nn.Module):
         slope = torch.ones(channels) if act is None else act.weight.detach().float()
         self._slope = np.ascontiguousarray(slope.expand(channels).numpy())
         self.bn_mode, self._bn_a, self._bn_b = probe_affine(bn, channels)
+        self._sgn = _directions(self.bn_mode, self._bn_a, self._bn_b, self._slope)
         self._pool = _pool_params(pool)
         self._channels_last_exact: dict[tuple, bool] = {}
         self._tiles: dict[int, tuple[np.ndarray, ...]] = {}
 
     def _tiled(self, width: int) -> tuple[np.ndarray, ...]:
-        """BN coefficients and PReLU slopes repeated along an input row of ``width`` pixels."""
+        """BN coefficients, PReLU slopes and directions repeated along an input row of
+        ``width`` pixels."""
         if width not in self._tiles:
             self._tiles[width] = tuple(
                 np.ascontiguousarray(np.tile(v, width))
-                for v in (self._bn_a, self._bn_b, self._slope)
+                for v in (self._bn_a, self._bn_b, self._slope, self._sgn)
             )
         return self._tiles[width]
 
@@ -392,8 +408,8 @@ class PackedStem(nn.Module):
         oh, ow = ((h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1) if k else (h, w)
         out = torch.empty((n, nhwc.shape[3], oh, ow), dtype=torch.float32)
         pool = np.array(self._pool, np.int64)
-        a, b, slope = self._tiled(w)
-        kernels.stem_tail(nhwc.numpy(), self.bn_mode, a, b, slope, pool, out.numpy(),
+        a, b, slope, sgn = self._tiled(w)
+        kernels.stem_tail(nhwc.numpy(), self.bn_mode, a, b, slope, sgn, pool, out.numpy(),
                           _launch("stem_tail"))  # fmt: skip
         return out
 

@@ -1072,6 +1072,36 @@ def _quantize(v, inv, z):
     return np.float32(0.0) if q < 0 else (np.float32(255.0) if q > 255 else q)
 
 
+#: Channels a task of ``_quantize_planes_task``.
+_QUANTIZE_PLANES = 16
+
+
+@njit(cache=True)
+def _quantize_planes_task(task, x, pool, inv_scale, zero_point, out):
+    """Planes ``(n, c0 .. c0 + _QUANTIZE_PLANES)`` of ``x`` (NCHW float32; of its 2 x 2
+    average pool when ``pool``) quantised (``_quantize``) into ``out[c, n]`` as the int8 bits
+    of ``q - 128`` (``Q_CNHW_S8``): whole planes a task, so that the small maps of the late
+    downsamples cost one loop a channel, not one a row and channel."""
+    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
+    blocks = (channels + _QUANTIZE_PLANES - 1) // _QUANTIZE_PLANES
+    n = task // blocks
+    c0 = (task - n * blocks) * _QUANTIZE_PLANES
+    out_h, out_w = out.shape[2], out.shape[3]
+    z = np.float32(zero_point)
+    inv = inv_scale[0]
+    values = np.empty(out_w, np.float32)
+    for c in range(c0, min(c0 + _QUANTIZE_PLANES, channels)):
+        plane = _plane(x, n, c, 0, height * width)
+        for oh in range(out_h):
+            if pool:
+                _avg_pool_row(plane, width, oh, values)
+            else:
+                values[:] = plane[oh * width : oh * width + out_w]
+            row = out[c, n, oh]
+            for ow in range(out_w):
+                row[ow] = np.uint8(np.int32(_quantize(values[ow], inv, z)) ^ 128)
+
+
 @njit(cache=True)
 def _quantize_task(task, x, pool, inv_scale, zero_point, layout, out):
     """Output row ``oh`` of image ``n``, every channel: that row of ``x`` (NCHW float32; of its
@@ -1118,7 +1148,10 @@ def _quantize_worker(data):
     n_tasks = args[ARG_N_TASKS]
     task = _next_task(args)
     while task < n_tasks:
-        _quantize_task(task, x, pool, inv_scale, zero_point, layout, out)
+        if layout == Q_CNHW_S8:
+            _quantize_planes_task(task, x, pool, inv_scale, zero_point, out)
+        else:
+            _quantize_task(task, x, pool, inv_scale, zero_point, layout, out)
         task = _next_task(args)
 
 
@@ -1138,7 +1171,9 @@ def quantize_u8(x, pool, inv_scale, zero_point, layout, out, launch):
     args[A.ZERO_POINT] = zero_point
     args[A.LAYOUT] = layout
     out_h = x.shape[2] // 2 if pool else x.shape[2]
-    _run_parallel(args, x.shape[0] * out_h, launch, x.size // 4)
+    blocks = (x.shape[1] + _QUANTIZE_PLANES - 1) // _QUANTIZE_PLANES
+    n_tasks = x.shape[0] * (blocks if layout == Q_CNHW_S8 else out_h)
+    _run_parallel(args, n_tasks, launch, x.size // 4)
 
 
 # ------------------------------------------------------------------ in-cache peak

@@ -285,10 +285,10 @@ def int8_sites(model: nn.Module, classifier: bool = True) -> list[Int8Site]:
     and (``classifier``) the classifier, found through the model's description
     (``model.spec()``, ``r2b.models.spec``).
 
-    The classifier is int8 since it is the one place where a batch-1 forward pass reads a large
-    weight matrix once: measured on 2 Zen 4 EPYC cores, 512 x 1000 weights not in cache, fp32
-    ``F.linear`` took 0.24-0.26 ms, ``torch._int_mm`` 0.06 ms (10 classes: no gain, no loss).
-    ``.r2b`` files written before hold it in float (``classifier=False``)."""
+    The classifier is int8 because it is where a forward pass reads a large weight matrix cold
+    (512 x 1000: 2 MB in fp32, 0.5 MB in int8): ``benchmarks/bench_float_layers.py`` times the
+    engine's int8 classifier against fp32 ``nn.Linear`` with the weights evicted before each
+    call. ``.r2b`` files written before hold it in float (``classifier=False``)."""
     spec = model.spec()
     names = {id(m): n for n, m in model.named_modules()}
     sites = []

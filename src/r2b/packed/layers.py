@@ -481,14 +481,15 @@ class PackedClassifier(nn.Module):
     def __init__(self, linear: Int8Linear, dequantize: Dequantize) -> None:
         super().__init__()
         self.linear, self.dequantize = linear, dequantize
-        self._shift = linear.shift().view(-1, 1)
+        self._shift = linear.shift()
+        self._weight_t = linear.weight_q.t()  # (K, O) column-major: _int_mm's fast layout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, k = x.shape
         codes = _quantize_codes(self.linear, x.reshape(n, k, 1, 1), False, Q_CNHW_S8)
-        shifted = torch.from_numpy(codes).view(torch.int8).reshape(k, n)
-        sums = torch._int_mm(self.linear.weight_q, shifted) + self._shift
-        return self.dequantize(sums.t().float())
+        shifted = torch.from_numpy(codes).view(torch.int8).reshape(k, n).t()  # (N, K)
+        sums = torch._int_mm(shifted, self._weight_t).add_(self._shift)
+        return self.dequantize(sums.float())
 
 
 def packed_classifier(fc: nn.Module) -> nn.Module:

@@ -309,3 +309,35 @@ def test_calibration_is_a_class_balanced_training_subset():
     assert batches[0].dtype == torch.float32 and abs(float(torch.cat(batches).mean())) < 1.0
     with pytest.raises(UserError, match="--calib-images"):
         calibration_batches(train, 0)
+
+
+def _pairwise_saturating_mm(shift_second: bool):
+    """``torch._int_mm`` as an x86 CPU without VNNI computes it: one operand shifted by 128 to
+    uint8, products added in pairs into a saturating int16, the shift taken off at the end."""
+
+    def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        a, b = a.long(), b.long()
+        if shift_second:  # (a (b + 128)) - 128 sum a
+            products = a.unsqueeze(2) * (b + 128).unsqueeze(0)
+            correction = 128 * a.sum(dim=1, keepdim=True)
+        else:  # ((a + 128) b) - 128 sum b
+            products = (a + 128).unsqueeze(2) * b.unsqueeze(0)
+            correction = 128 * b.sum(dim=0, keepdim=True)
+        pairs = products.reshape(a.shape[0], -1, 2, b.shape[1]).sum(dim=2).clamp(-32768, 32767)
+        return (pairs.sum(dim=1) - correction).int()
+
+    return mm
+
+
+@pytest.mark.parametrize("shift_second", [False, True])
+def test_int_mm_probe_fails_a_kernel_that_saturates_in_either_order(monkeypatch, shift_second):
+    """Shifting the first operand saturates the downsample's order (weights first), shifting the
+    second the classifier's (codes first): the probe checks both."""
+    import r2b.packed.int8 as int8
+
+    monkeypatch.setattr(int8, "_INT_MM", None)
+    monkeypatch.setattr(torch, "_int_mm", _pairwise_saturating_mm(shift_second))
+    assert int8.int_mm_exact() is False
+    monkeypatch.setattr(int8, "_INT_MM", None)
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: (a.long() @ b.long()).int())
+    assert int8.int_mm_exact() is True

@@ -429,16 +429,24 @@ def int_mm_exact() -> bool:
     """Whether ``torch._int_mm`` (int8 x int8 -> int32 matrix product) runs here and is exact
     for the engine's operands: weights in ``[-WEIGHT_LEVELS, WEIGHT_LEVELS]`` times shifted
     activations ``q - 128`` in ``[-128, 127]``, checked once at the extremes against an int64
-    product (a kernel that adds pairs of products in saturating int16, as x86 CPUs without
-    VNNI do, fails it: 2 * 128 * 64 fits, 2 * 192 * 128 would not)."""
+    product, in both orders the engine uses (weights first: the downsample; codes first, one
+    row or several, against column-major weights: the classifier). A kernel that adds pairs of
+    products in saturating int16, as x86 CPUs without VNNI do, fails it where it shifts the
+    wrong operand: 2 * 128 * 64 fits, 2 * 192 * 128 would not."""
     global _INT_MM
     if _INT_MM is None:
-        a = (torch.arange(32 * 64).reshape(32, 64) % 129 - 64).to(torch.int8)
-        a[0], a[1] = WEIGHT_LEVELS, -WEIGHT_LEVELS
-        b = (torch.arange(64 * 48).reshape(64, 48) % 256 - 128).to(torch.int8)
-        b[:, 0], b[:, 1] = -128, 127
+        w = (torch.arange(32 * 64).reshape(32, 64) % 129 - 64).to(torch.int8)
+        w[0], w[1] = WEIGHT_LEVELS, -WEIGHT_LEVELS
+        codes = (torch.arange(64 * 48).reshape(64, 48) % 256 - 128).to(torch.int8)
+        codes[:, 0], codes[:, 1] = -128, 127
+        expected = w.long() @ codes.long()
+        rows = codes.t().contiguous()  # (48, 64): codes first
         try:
-            _INT_MM = torch.equal(torch._int_mm(a, b).long(), a.long() @ b.long())
+            _INT_MM = (
+                torch.equal(torch._int_mm(w, codes).long(), expected)
+                and torch.equal(torch._int_mm(rows, w.t()).long(), expected.t())
+                and torch.equal(torch._int_mm(rows[:1], w.t()).long(), expected.t()[:1])
+            )
         except (RuntimeError, AttributeError, NotImplementedError):
             _INT_MM = False
     return _INT_MM

@@ -679,7 +679,9 @@ def _choice_lines(result: dict) -> list[str]:
 
 def markdown(result: dict) -> str:
     """The results table with its caption, the margins and (converged) the doubling test."""
-    table = _converged_table if result.get("converged") is not None else _table3
+    pipeline = next((p for p in PIPELINES.values() if p.name == result["benchmark"]), None)
+    doubling = result.get("converged") is not None or (pipeline and pipeline.doubled)
+    table = _converged_table if doubling else _table3
     lines = [*_caption(result), "", *table(result), *_unfinished_lines(result),
              *_margin_lines(result), *_converged_lines(result), *_choice_lines(result)]  # fmt: skip
     hours = [h / 3600 for h in _training_seconds(result)]

@@ -442,6 +442,16 @@ def test_partial_tables_hold_the_finished_rows_and_their_converged_test(tmp_path
     assert "NOT converged at 120 epochs a stage" in table and "Margins" not in table
 
 
+def test_partial_converged_table_keeps_its_layout_without_the_2n_row(tmp_path):
+    _write_runs(tmp_path, "converged", _converged_accs((53.0, 55.0)),
+                unfinished=_NOT_YET + ("sb2n_ban", "sb2n_bnn"))  # fmt: skip
+    result = _collect(tmp_path, "converged", partial=True)
+    table = run_c10_mini.markdown(result)
+    assert result["converged"] is None and "Converged?" not in table
+    assert "| row | stages (epochs) | val top-1 (final) |" in table
+    assert "| strong baseline (SB), N epochs | ban 120 → bnn 120 | 50.50 ± 0.50 |" in table
+
+
 def test_partial_needs_at_least_one_finished_row(tmp_path):
     cfg = load_config(run_c10_mini.PIPELINES["converged"].config, ["data.root=/data"])
     _write_runs(tmp_path, "converged", _converged_accs((53.0, 55.0)),

@@ -82,7 +82,8 @@ TOP1_MOBILENETV2_INT8 = (
 TOP1_R2B = (65.4, "Martinez et al., ICLR 2020, Real-to-Bin ImageNet top-1 (paper)")
 TOP1_R2B_INT8 = (
     65.4,
-    "Martinez et al., ICLR 2020 (paper), the same network with its stem and downsample convs in "
+    "Martinez et al., ICLR 2020 (paper), the same network with its stem, downsample convs and "
+    "classifier in "
     "int8 (r2b.packed.int8); its ImageNet accuracy is not measured (CIFAR-10: "
     "benchmarks/results/int8_accuracy_*)",
 )

@@ -60,7 +60,7 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
         "--float-layers",
         choices=["float", "int8"],
         default="float",
-        help="r2b: int8 runs the stem conv and the downsample 1x1 convs in int8 "
+        help="r2b: int8 runs the stem conv, the downsample 1x1 convs and the classifier in int8 "
         "(post-training quantisation; equals r2b.packed.int8.int8_reference bit for "
         "bit); float (default) keeps them float, equal to the float model",
     )

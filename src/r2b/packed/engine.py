@@ -67,7 +67,8 @@ class PackedRecord:
     arch: dict = field(default_factory=dict)
     binary_convs: tuple[tuple[str, PackedConv], ...] = ()
     tensors: dict = field(default_factory=dict)
-    #: ``"float"``, or ``"int8"`` when the stem and downsample convs are int8 layers
+    #: ``"float"``, or ``"int8"`` when the stem and downsample convs (and the classifier, see
+    #: ``int8_classifier``) are int8 layers
     float_layers: str = "float"
     #: with ``"int8"``: whether the classifier is int8 too (files before it: float)
     int8_classifier: bool = False

@@ -159,6 +159,9 @@ class _Int8Product(nn.Module):
         dequantize.bias.copy_(folded_b.float())
         self._prepacked = None
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.integer_sums(self._quantized_input(x))
+
     def _quantized_input(self, x: torch.Tensor) -> torch.Tensor:
         return quantize_activations(x, self.inv_scale, self._zero_point())
 
@@ -201,9 +204,6 @@ class Int8Linear(_Int8Product):
     def out_features(self) -> int:
         return int(self.weight_q.shape[0])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.integer_sums(self._quantized_input(x))
-
     def integer_sums(self, q: torch.Tensor) -> torch.Tensor:
         """``acc`` (float32, exact integers rounded once) of the quantised input ``q``
         (uint8, ``(N, K)``)."""
@@ -239,9 +239,6 @@ class Int8Conv2d(_Int8Product):
     @property
     def out_channels(self) -> int:
         return int(self.weight_q.shape[0])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.integer_sums(self._quantized_input(x))
 
     def integer_sums(self, q: torch.Tensor) -> torch.Tensor:
         """``acc`` (float32, exact integers) of the quantised input ``q`` (uint8, any memory

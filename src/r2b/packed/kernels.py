@@ -868,25 +868,37 @@ def _stem_task(task, conv, mode, bn_a, bn_b, slope, sgn, pool, out):
         h = oh * s - p + i
         if h < 0 or h >= height:
             continue
-        src = carray(_as_f32(conv.ctypes.data + 4 * (n * height + h) * row_len), (row_len,))
-        _bn_channels(src, mode, bn_a, bn_b, act)
+        _bn_channels(_conv_row(conv, n, h), mode, bn_a, bn_b, act)
         for j in range(row_len):
             v = act[j]
-            v = v if v > 0 else slope[j] * v
-            m = vmax[j]
-            vmax[j] = v if (v > m) | (v != v) else m
+            vmax[j] = _nan_max(v if v > 0 else slope[j] * v, vmax[j])
+    best = _pool_columns(vmax, width, channels, out_w, k, s, p)
+    _store_channels_first(best, out, n, oh)
+
+
+@njit(inline="always")
+def _conv_row(conv, n, h):
+    """Row ``h`` of image ``n`` of the NHWC float32 ``conv``, as a 1-D view of ``W * C``."""
+    row_len = conv.shape[2] * conv.shape[3]
+    return carray(_as_f32(conv.ctypes.data + 4 * (n * conv.shape[1] + h) * row_len), (row_len,))
+
+
+@njit(inline="always")
+def _pool_columns(rows_max, width, channels, out_w, k, s, p):
+    """The max-pool's column step: per output column and channel, the NaN-winning max over the
+    ``k`` input columns of ``rows_max`` (a row of ``width * channels``, already the max over
+    the window's rows)."""
     best = np.full(out_w * channels, -np.inf, np.float32)
     for ow in range(out_w):
-        dst = best[ow * channels : (ow + 1) * channels]
+        ob = ow * channels
         for j in range(k):
             w = ow * s - p + j
             if w < 0 or w >= width:
                 continue
-            src = vmax[w * channels : (w + 1) * channels]
+            wb = w * channels
             for c in range(channels):
-                v, m = src[c], dst[c]
-                dst[c] = v if (v > m) | (v != v) else m
-    _store_channels_first(best, out, n, oh)
+                best[ob + c] = _nan_max(rows_max[wb + c], best[ob + c])
+    return best
 
 
 @njit(inline="always")
@@ -924,20 +936,11 @@ def _stem_task_monotone(task, conv, mode, bn_a, bn_b, slope, sgn, pool, out):
         h = oh * s - p + i
         if h < 0 or h >= height:
             continue
-        src = carray(_as_f32(conv.ctypes.data + 4 * (n * height + h) * row_len), (row_len,))
+        src = _conv_row(conv, n, h)
         for j in range(row_len):
             vmax[j] = _nan_max(src[j] * sgn[j], vmax[j])
+    best = _pool_columns(vmax, width, channels, out_w, k, s, p)
     row_out = out_w * channels
-    best = np.full(row_out, -np.inf, np.float32)
-    for ow in range(out_w):
-        ob = ow * channels
-        for j in range(k):
-            w = ow * s - p + j
-            if w < 0 or w >= width:
-                continue
-            wb = w * channels
-            for c in range(channels):
-                best[ob + c] = _nan_max(vmax[wb + c], best[ob + c])
     for j in range(row_out):
         best[j] = best[j] * sgn[j]
     _bn_channels(best, mode, bn_a[:row_out], bn_b[:row_out], best)

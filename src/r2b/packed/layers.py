@@ -496,9 +496,9 @@ def packed_classifier(fc: nn.Module) -> nn.Module:
     """``PackedClassifier`` for an int8 classifier when ``torch._int_mm`` is exact here; any
     other classifier as it is."""
     layers = list(fc) if isinstance(fc, nn.Sequential) else []
-    if len(layers) == 2 and isinstance(layers[0], Int8Linear) and int_mm_exact():
-        if layers[0].backend != "reference":
-            return PackedClassifier(*layers)
+    fast = len(layers) == 2 and isinstance(layers[0], Int8Linear)
+    if fast and layers[0].backend != "reference" and int_mm_exact():
+        return PackedClassifier(*layers)
     return fc
 
 

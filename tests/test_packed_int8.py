@@ -28,7 +28,8 @@ from r2b.packed.int8 import (
     quantize_activations,
     quantize_weight,
 )
-from r2b.packed.layers import PackedClassifier, PackedDownsample, quantized_input
+from r2b.packed.kernels import has_vnni
+from r2b.packed.layers import PackedClassifier, PackedDownsample, PackedStem, quantized_input
 
 
 def test_activation_grid_holds_zero_and_the_range():
@@ -95,6 +96,66 @@ def test_int8_conv_is_exact_integer_arithmetic(shape):
     assert torch.equal(conv(x).double(), expected.double())
     conv.set_backend("reference")
     assert torch.equal(conv(x).double(), expected.double())
+
+
+def _int8_stem(cin, cout, k, stride, z, multipliers, slopes, pool, seed):
+    """An int8 stem ``Int8Conv2d -> Dequantize -> PReLU [-> max-pool]`` with weights at the
+    bounds in channel 0 and random elsewhere."""
+    gen = torch.Generator().manual_seed(seed)
+    conv = Int8Conv2d(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False))
+    conv.weight_q.copy_(torch.randint(-WEIGHT_LEVELS, WEIGHT_LEVELS + 1, conv.weight_q.shape,
+                                      generator=gen))  # fmt: skip
+    conv.weight_q[0] = WEIGHT_LEVELS
+    conv.weight_q[1] = -WEIGHT_LEVELS
+    conv.inv_scale.fill_(1.0)
+    conv.zero_point.fill_(z)
+    dequantize = Dequantize(cout)
+    dequantize.multiplier.copy_(torch.tensor(multipliers).repeat(cout // len(multipliers)))
+    dequantize.bias.copy_(torch.randn(cout, generator=gen))
+    act = nn.PReLU(cout)
+    with torch.no_grad():
+        act.weight.copy_(torch.tensor(slopes).repeat(cout // len(slopes)))
+    return conv, dequantize, act, nn.MaxPool2d(3, 2, 1) if pool else None
+
+
+@pytest.mark.skipif(not has_vnni(), reason="this CPU has no AVX-512 VNNI (the stem's int8 tiles)")
+@pytest.mark.parametrize("geometry", [
+    (1, 3, 64, 7, 2, 224, 224, 0),  # the ImageNet stem; zero point 0: padding adds nothing
+    (2, 3, 16, 3, 1, 17, 11, 255),  # the CIFAR stem shape, one 16-channel block, odd sizes
+    (3, 5, 48, 5, 2, 23, 30, 77),  # a window of 25 bytes (7 words), three 16-channel blocks
+    (1, 8, 128, 3, 2, 9, 13, 128),  # two 64-channel blocks
+])  # fmt: skip
+@pytest.mark.parametrize("tail", [
+    ([0.25, 0.5, 1.0, 2.0], [0.25, 0.5, 1.0, 0.1], True),  # monotone: pooled first
+    ([0.25, -0.5, 1.0, -2.0], [0.25, 0.0, 1.0, 0.1], True),  # slope 0, negative scales: after
+    ([0.25, -0.5, 1.0, 2.0], [0.25, 0.5, 1.0, 0.1], False),  # no pool
+])  # fmt: skip
+def test_vnni_int8_stem_equals_the_int8_conv_and_its_tail(geometry, tail):
+    """The one-pass VNNI stem (``kernels.int8_stem``) equals the int8 conv's exact integer sums
+    (oneDNN, and the float64 reference) followed by Dequantize, PReLU and the max-pool."""
+    n, cin, cout, k, stride, height, width, z = geometry
+    multipliers, slopes, pool = tail
+    conv, dequantize, act, maxpool = _int8_stem(cin, cout, k, stride, z, multipliers, slopes,
+                                                pool, seed=cin + z)  # fmt: skip
+    stem = PackedStem(conv, dequantize, act, maxpool)
+    assert stem._vnni is not None
+    gen = torch.Generator().manual_seed(k)
+    q = torch.randint(0, 256, (n, cin, height, width), generator=gen)
+    q[0, :, :3] = 255  # the largest products, in the top rows and their padding
+    x = (q - z).float()  # scale 1: quantises to q
+    with torch.inference_mode():
+        got = stem(x)
+        conv.set_backend("reference")
+        acc = conv(x)
+        assert torch.equal(acc.double(), _int64_conv(q, z, conv.weight_q, stride, k // 2).double())
+        expected = act(dequantize(acc))
+        expected = expected if maxpool is None else maxpool(expected)
+        stem._vnni = None  # the oneDNN conv and the compiled tail
+        conv.set_backend("onednn")
+        unfused = stem(x)
+    assert got.shape == expected.shape
+    assert torch.equal(got, expected)
+    assert torch.equal(got, unfused)
 
 
 def _ties(shape, seed):

@@ -37,7 +37,9 @@ activations: ``reduce_range``; an image is 8-bit data, so here the weights give 
 x86) and converts it to float32 once, correctly rounded. A downsample's 1x1 conv is one
 ``torch._int_mm`` for the whole batch instead (``r2b.packed.layers.PackedDownsample``):
 ``sum_k (q_k - 128) w_k`` on int8 operands plus ``(128 - z) sum_k w_k``, the same integer;
-``int_mm_exact`` checks that product at its extremes once. The classifier (``Int8Linear``, no
+``int_mm_exact`` checks that product at its extremes once. On a CPU with AVX-512 VNNI the stem
+conv is r2b's own VNNI kernel, fused with the stem's tail (``r2b.packed.kernels.int8_stem``):
+``sum_k q_k w_k - z sum_k w_k`` in int32, the same integer again. The classifier (``Int8Linear``, no
 BatchNorm: ``b'`` is its bias) is that product too, on the pooled features, and its
 ``Dequantize`` output is the logits. The reference
 (``Int8Conv2d`` with ``backend="reference"``) computes the same integer with a float64

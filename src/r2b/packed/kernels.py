@@ -26,6 +26,10 @@ NEON), 8 adds; at the end an in-register transpose stores the counts channel-maj
 tiles are LLVM IR written through numba intrinsics because LLVM's loop vectoriser, left alone,
 vectorises the reduction over taps instead and keeps the accumulators in memory.
 
+The int8 stem (``int8_stem``) has tiles of its own (``_make_dot_tile``): 4 or 1 output pixels x
+64 or 16 channels in int32 vectors, ``VPDPBUSD`` (AVX-512 VNNI) adding 4 uint8 x int8 products a
+lane per instruction over a kernel row's window of ``kw * C`` contiguous input bytes.
+
 Tasks: a task is a group of whole output rows of one image for 64 output channels (one word of
 the next layer's packed input); a group holds about ``_ROW_PIXELS`` pixels, fewer when that would
 leave less than 4 tasks per thread, so that the float loops run over long contiguous stretches of
@@ -365,6 +369,98 @@ _tile8 = _make_tile(8, TILE_O // 8)
 _tile = _make_tile(TILE_P, TILE_O // 8)
 _tile2 = _make_tile(2, TILE_O // 8)
 _tile1 = _make_tile(1, TILE_O // 8)
+
+
+#: Output channels of an int8 register vector (16 x int32 lanes).
+DOT_LANES = 16
+
+
+def _make_dot_tile(n_pix: int, n_vec: int):
+    """A numba intrinsic ``tile(xaddr, xpix, xrow, waddr, kh, q_len, out_addr, out_pix, corr)``
+    of an int8 convolution with AVX-512 VNNI (``VPDPBUSD``: 4 uint8 x int8 products summed
+    into each int32 lane), ``n_pix`` output pixels x ``16 * n_vec`` output channels::
+
+        acc[t, o] = sum_{i < kh, q < q_len} dot4(x[xaddr + t*xpix + i*xrow + 4q],
+                                                w[waddr + (i*q_len + q) * 16*n_vec + o])
+        out[t * out_pix + o] = float32(acc[t, o] - corr[o])
+
+    (``x``: the uint8 input, byte address and byte strides, read 4 bytes at a time at any
+    alignment; ``w``: int32 words of 4 int8 weights; ``dot4`` the sum of the 4 byte products;
+    ``out``: float32 pixel-major rows, ``out_pix`` floats apart; ``corr``: int32 per channel).
+    Only on a CPU with AVX-512 VNNI (``has_vnni``): LLVM cannot lower the instruction elsewhere.
+    """
+    lanes = DOT_LANES
+    width = lanes * n_vec
+
+    def codegen(context, builder, signature, args):
+        xaddr, xpix, xrow, waddr, kh, q_len, out_addr, out_pix, corr_addr = args
+        i8, i32, i64, f32 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType()
+        vec, fvec = ir.VectorType(i32, lanes), ir.VectorType(f32, lanes)
+        dot = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vec, vec, vec]), "llvm.x86.avx512.vpdpbusd.512"
+        )
+        xbase = builder.inttoptr(xaddr, i8.as_pointer())
+        wbase = builder.inttoptr(waddr, i32.as_pointer())
+        obase = builder.inttoptr(out_addr, f32.as_pointer())
+        cbase = builder.inttoptr(corr_addr, i32.as_pointer())
+        splat = ir.Constant(vec, [0] * lanes)
+
+        def vector_at(base, offset, vtype):
+            ptr = builder.gep(base, [offset])
+            return builder.bitcast(ptr, vtype.as_pointer())
+
+        slots = []
+        for _ in range(n_pix * n_vec):
+            slot = cgutils.alloca_once(builder, vec)
+            builder.store(ir.Constant(vec, [0] * lanes), slot)
+            slots.append(slot)
+        w_row = builder.mul(q_len, ir.Constant(i64, width))
+        with cgutils.for_range(builder, kh) as row_loop:
+            xi = builder.gep(xbase, [builder.mul(row_loop.index, xrow)])
+            wi = builder.gep(wbase, [builder.mul(row_loop.index, w_row)])
+            with cgutils.for_range(builder, q_len) as loop:
+                q = loop.index
+                wq = builder.gep(wi, [builder.mul(q, ir.Constant(i64, width))])
+                wv = [builder.load(vector_at(wq, ir.Constant(i64, lanes * v), vec), align=4)
+                      for v in range(n_vec)]  # fmt: skip
+                for t in range(n_pix):
+                    off = builder.add(builder.mul(ir.Constant(i64, t), xpix),
+                                      builder.mul(q, ir.Constant(i64, 4)))  # fmt: skip
+                    xs = builder.load(vector_at(xi, off, i32), align=1)
+                    xv = builder.insert_element(ir.Constant(vec, ir.Undefined), xs,
+                                                ir.Constant(i32, 0))  # fmt: skip
+                    xv = builder.shuffle_vector(xv, ir.Constant(vec, ir.Undefined), splat)
+                    for v in range(n_vec):
+                        slot = slots[t * n_vec + v]
+                        builder.store(builder.call(dot, [builder.load(slot), xv, wv[v]]), slot)
+        corr = [builder.load(vector_at(cbase, ir.Constant(i64, lanes * v), vec), align=4)
+                for v in range(n_vec)]  # fmt: skip
+        for t in range(n_pix):
+            row = builder.mul(ir.Constant(i64, t), out_pix)
+            for v in range(n_vec):
+                acc = builder.sub(builder.load(slots[t * n_vec + v]), corr[v])
+                dst = vector_at(obase, builder.add(row, ir.Constant(i64, lanes * v)), fvec)
+                builder.store(builder.sitofp(acc, fvec), dst, align=4)
+        return context.get_dummy_value()
+
+    def typer(typingctx, xaddr, xpix, xrow, waddr, kh, q_len, out_addr, out_pix, corr):
+        return types.void(*([types.intp] * 9)), codegen
+
+    return intrinsic(typer)
+
+
+#: int8 tiles: 4 or 1 pixels x 64 (4 vectors) or 16 (1 vector) output channels.
+_dot4x4 = _make_dot_tile(4, 4)
+_dot1x4 = _make_dot_tile(1, 4)
+_dot4x1 = _make_dot_tile(4, 1)
+_dot1x1 = _make_dot_tile(1, 1)
+
+
+def has_vnni() -> bool:
+    """Whether this CPU has AVX-512 VNNI (what the int8 tiles are written in), as LLVM sees it."""
+    from llvmlite import binding
+
+    return bool(binding.get_host_cpu_features().get("avx512vnni", False))
 
 
 # ------------------------------------------------------------------ shared pieces
@@ -842,22 +938,34 @@ def _nan_max(v, m):
 
 @njit(cache=True)
 def _stem_task(task, conv, mode, bn_a, bn_b, slope, sgn, pool, out):
-    """Output row ``oh`` of image ``n``: ``maxpool(PReLU(BN(conv)))`` (NHWC in, NCHW out).
+    """Output row ``oh`` of image ``n``: ``maxpool(PReLU(BN(conv)))`` (NHWC in, NCHW out;
+    ``_stem_row``)."""
+    out_h = out.shape[2]
+    n = task // out_h
+    _stem_row(conv, n, conv.shape[1], task - n * out_h, mode, bn_a, bn_b, slope, sgn, pool, out,
+              n)  # fmt: skip
+
+
+@njit(cache=True)
+def _stem_row(rows, n_src, height, oh, mode, bn_a, bn_b, slope, sgn, pool, out, n):
+    """Output row ``oh`` of image ``n`` of ``out`` (NCHW): ``maxpool(PReLU(BN(conv)))`` of the
+    stem conv's rows, conv row ``h`` (``0 <= h < height``) held channels-last in
+    ``rows[n_src, h % R]``, ``R = rows.shape[1]`` (the whole conv output, ``R = height``, or a
+    ring of the last ``R`` rows).
 
     ``pool = (kernel, stride, padding)``; kernel 0 means no pooling. ``bn_a``, ``bn_b``,
     ``slope`` are the per-channel coefficients tiled along one input row (``W * C``), so that
     every loop runs over a whole contiguous row. The max of the window is taken rows first, then
     columns: the same maximum as PyTorch's scan (NaN propagates too). With a pool and ``sgn``
     (the tiled direction of each channel, +-1; empty: not every channel is monotone) the max is
-    taken before BN and PReLU (``_stem_task_monotone``).
+    taken before BN and PReLU (``_stem_row_monotone``).
     """
     if pool[0] > 0 and sgn.shape[0] > 0:
-        _stem_task_monotone(task, conv, mode, bn_a, bn_b, slope, sgn, pool, out)
+        _stem_row_monotone(rows, n_src, height, oh, mode, bn_a, bn_b, slope, sgn, pool, out,
+                           n)  # fmt: skip
         return
-    height, width, channels = conv.shape[1], conv.shape[2], conv.shape[3]
-    out_h, out_w = out.shape[2], out.shape[3]
-    n = task // out_h
-    oh = task - n * out_h
+    width, channels = rows.shape[2], rows.shape[3]
+    out_w = out.shape[3]
     k, s, p = pool[0], pool[1], pool[2]
     if k == 0:
         k, s, p = 1, 1, 0
@@ -868,7 +976,7 @@ def _stem_task(task, conv, mode, bn_a, bn_b, slope, sgn, pool, out):
         h = oh * s - p + i
         if h < 0 or h >= height:
             continue
-        _bn_channels(_conv_row(conv, n, h), mode, bn_a, bn_b, act)
+        _bn_channels(_conv_row(rows, n_src, h % rows.shape[1]), mode, bn_a, bn_b, act)
         for j in range(row_len):
             v = act[j]
             vmax[j] = _nan_max(v if v > 0 else slope[j] * v, vmax[j])
@@ -912,8 +1020,8 @@ def _store_channels_first(row, out, n, oh):
 
 
 @njit(cache=True)
-def _stem_task_monotone(task, conv, mode, bn_a, bn_b, slope, sgn, pool, out):
-    """``_stem_task`` when every channel's ``f(x) = PReLU(BN(x))`` is monotone: the max-pool is
+def _stem_row_monotone(rows, n_src, height, oh, mode, bn_a, bn_b, slope, sgn, pool, out, n):
+    """``_stem_row`` when every channel's ``f(x) = PReLU(BN(x))`` is monotone: the max-pool is
     taken on the conv output and ``f`` applied to the 1 in ``k * k`` values it keeps.
 
     For a non-decreasing ``f`` (BN scale ``a > 0`` or no BN, PReLU slope ``>= 0``),
@@ -925,10 +1033,8 @@ def _stem_task_monotone(task, conv, mode, bn_a, bn_b, slope, sgn, pool, out):
     images of ``f`` (the scan keeps the first): equal values, which no later step tells apart
     but by that sign.
     """
-    height, width, channels = conv.shape[1], conv.shape[2], conv.shape[3]
-    out_h, out_w = out.shape[2], out.shape[3]
-    n = task // out_h
-    oh = task - n * out_h
+    width, channels = rows.shape[2], rows.shape[3]
+    out_w = out.shape[3]
     k, s, p = pool[0], pool[1], pool[2]
     row_len = width * channels
     vmax = np.full(row_len, -np.inf, np.float32)
@@ -936,7 +1042,7 @@ def _stem_task_monotone(task, conv, mode, bn_a, bn_b, slope, sgn, pool, out):
         h = oh * s - p + i
         if h < 0 or h >= height:
             continue
-        src = _conv_row(conv, n, h)
+        src = _conv_row(rows, n_src, h % rows.shape[1])
         for j in range(row_len):
             vmax[j] = _nan_max(src[j] * sgn[j], vmax[j])
     best = _pool_columns(vmax, width, channels, out_w, k, s, p)
@@ -994,6 +1100,131 @@ def stem_tail(conv, mode, bn_a, bn_b, slope, sgn, pool, out, launch):
     args[A.MODE] = mode
     args[A.POOL_K : A.POOL_P + 1] = pool
     _run_parallel(args, out.shape[0] * out.shape[2], launch, conv.size // 2)
+
+
+# ------------------------------------------------------------------ int8 stem (VNNI)
+
+
+@njit(inline="always")
+def _int8_conv_row(qp, n, h, wt, corr, geo, dst):
+    """Conv row ``h`` of image ``n`` (``_dot*`` tiles): ``float32(acc)`` of every output pixel
+    and channel into ``dst``, a channels-last row (``conv_w * O`` float32)."""
+    kh, q_len, stride, channels, conv_w = geo[0], geo[1], geo[2], geo[3], geo[5]
+    row_bytes = qp.shape[2]
+    n_blocks, width = wt.shape[0], wt.shape[2]
+    out_ch = n_blocks * width
+    x0 = qp.ctypes.data + (n * qp.shape[1] + h * stride) * row_bytes
+    xpix = stride * channels
+    n4 = conv_w // 4 * 4
+    for b in range(n_blocks):
+        w_addr = wt.ctypes.data + 4 * b * wt.shape[1] * width
+        c_addr = corr.ctypes.data + 4 * b * width
+        o_addr = dst.ctypes.data + 4 * b * width
+        for ow in range(0, n4, 4):
+            if width == 64:
+                _dot4x4(x0 + ow * xpix, xpix, row_bytes, w_addr, kh, q_len,
+                        o_addr + 4 * ow * out_ch, out_ch, c_addr)  # fmt: skip
+            else:
+                _dot4x1(x0 + ow * xpix, xpix, row_bytes, w_addr, kh, q_len,
+                        o_addr + 4 * ow * out_ch, out_ch, c_addr)  # fmt: skip
+        for ow in range(n4, conv_w):
+            if width == 64:
+                _dot1x4(x0 + ow * xpix, xpix, row_bytes, w_addr, kh, q_len,
+                        o_addr + 4 * ow * out_ch, out_ch, c_addr)  # fmt: skip
+            else:
+                _dot1x1(x0 + ow * xpix, xpix, row_bytes, w_addr, kh, q_len,
+                        o_addr + 4 * ow * out_ch, out_ch, c_addr)  # fmt: skip
+
+
+@njit(cache=True)
+def _int8_stem_task(task, qp, wt, corr, geo, mode, bn_a, bn_b, slope, sgn, pool, out):
+    """Output rows ``r0 .. r1`` of image ``n``: for each, the conv rows of its pool window not yet
+    computed (``_int8_conv_row``) into a ring of ``k`` rows (the window's height), then
+    ``_stem_row`` on the ring."""
+    conv_h, conv_w, group = geo[4], geo[5], geo[6]
+    out_h = out.shape[2]
+    n_groups = (out_h + group - 1) // group
+    n = task // n_groups
+    r0 = (task - n * n_groups) * group
+    r1 = min(out_h, r0 + group)
+    k, s, p = (pool[0], pool[1], pool[2]) if pool[0] > 0 else (1, 1, 0)
+    ring = np.empty((1, k, conv_w, wt.shape[0] * wt.shape[2]), np.float32)
+    computed = 0  # rows below this one are done (or not needed)
+    for oh in range(r0, r1):
+        lo, hi = max(0, oh * s - p), min(conv_h, oh * s - p + k)
+        for h in range(max(computed, lo), hi):
+            _int8_conv_row(qp, n, h, wt, corr, geo, ring[0, h % k])
+        computed = max(computed, hi)
+        _stem_row(ring, 0, conv_h, oh, mode, bn_a, bn_b, slope, sgn, pool, out, n)
+
+
+#: Arguments of ``int8_stem``.
+Int8StemArgs = arg_layout("Int8StemArgs", [
+    ("qp", 3), ("wt", 3), ("corr", 1), ("bn_a", 1), ("bn_b", 1), ("slope", 1), ("sgn", 1),
+    ("out", 4), ("mode", 0), ("pool_k", 0), ("pool_s", 0), ("pool_p", 0),
+    ("kh", 0), ("q_len", 0), ("stride", 0), ("channels", 0), ("conv_h", 0), ("conv_w", 0),
+    ("group", 0),
+])  # fmt: skip
+
+
+def _int8_stem_worker(data):
+    A = Int8StemArgs
+    args = _args_view(data, A.SIZE)
+    qp = carray(_as_u8(args[A.QP]), (args[A.QP + 1], args[A.QP + 2], args[A.QP + 3]))
+    wt = _get_i32_3d(args, A.WT)
+    corr = carray(_as_i32(args[A.CORR]), (args[A.CORR + 1],))
+    bn_a = _get_f32_1d(args, A.BN_A)
+    bn_b = _get_f32_1d(args, A.BN_B)
+    slope = _get_f32_1d(args, A.SLOPE)
+    sgn = _get_f32_1d(args, A.SGN)
+    out = _get_f32_4d(args, A.OUT)
+    mode = args[A.MODE]
+    pool = args[A.POOL_K : A.POOL_P + 1]
+    geo = args[A.KH : A.GROUP + 1]
+    n_tasks = args[ARG_N_TASKS]
+    task = _next_task(args)
+    while task < n_tasks:
+        _int8_stem_task(task, qp, wt, corr, geo, mode, bn_a, bn_b, slope, sgn, pool, out)
+        task = _next_task(args)
+
+
+@njit(cache=True, nogil=True)
+def int8_stem(qp, wt, corr, geo, mode, bn_a, bn_b, slope, sgn, pool, out, launch):
+    """The int8 stem in one pass: ``out = maxpool(PReLU(BN(float32(acc))))`` with ``acc`` the
+    exact integer sums of an int8 conv (VNNI tiles, ``_make_dot_tile``); only where
+    ``has_vnni()``.
+
+    ``qp``: ``(N, Hp, row_bytes)`` uint8, the quantised input channels-last (pixel ``w``,
+    channel ``c`` at byte ``w * C + c``), the padding border already holding the zero point
+    ``z``, and at least 3 bytes of slack at the end of each row (tiles read 4 bytes at a
+    time). ``wt``: ``(O / L, kh * q_len, L)`` int32, ``L`` = 64 or 16 output channels a block,
+    ``q_len = ceil(kw * C / 4)``: word ``q`` of kernel row ``i`` holds the weights of window
+    bytes ``4q .. 4q + 3`` of that row (``j * C + c`` for tap ``j``, channel ``c``; 0 past
+    ``kw * C``). ``corr[o] = z * sum(w_q[o])``, so that ``acc = sum q w - corr`` is
+    ``sum (q - z) w`` (a padded ``q = z`` adds 0). ``geo = (kh, q_len, stride, C, conv_h,
+    conv_w)``; the tail's arguments are ``stem_tail``'s (tiled ``conv_w`` times).
+    """
+    A = Int8StemArgs
+    args = np.empty(A.SIZE, np.int64)
+    _put_array(args, A.QP, qp)
+    _put_array(args, A.WT, wt)
+    _put_array(args, A.CORR, corr)
+    _put_array(args, A.BN_A, bn_a)
+    _put_array(args, A.BN_B, bn_b)
+    _put_array(args, A.SLOPE, slope)
+    _put_array(args, A.SGN, sgn)
+    _put_array(args, A.OUT, out)
+    args[A.MODE] = mode
+    args[A.POOL_K : A.POOL_P + 1] = pool
+    args[A.KH : A.CONV_W + 1] = geo
+    out_h = out.shape[2]
+    group = 4
+    while group > 1 and out.shape[0] * ((out_h + group - 1) // group) < 4 * launch[3]:
+        group //= 2
+    args[A.GROUP] = group
+    n_tasks = out.shape[0] * ((out_h + group - 1) // group)
+    macs = out.shape[0] * geo[4] * geo[5] * wt.shape[0] * wt.shape[2] * geo[0] * geo[1] * 4
+    _run_parallel(args, n_tasks, launch, macs // 200)
 
 
 # ------------------------------------------------------------------ average pool
@@ -1057,9 +1288,12 @@ def avg_pool2(x, out, launch):
 
 
 #: Layouts of ``quantize_u8``'s output: ``(N, OH, OW, C)`` uint8 ``q`` (channels-last, for
-#: oneDNN's int8 conv), or ``(C, N, OH, OW)`` int8 ``q - 128`` (the right operand of one
-#: ``torch._int_mm`` that makes a 1x1 conv of the whole batch).
-Q_NHWC_U8, Q_CNHW_S8 = 0, 1
+#: oneDNN's int8 conv), ``(C, N, OH, OW)`` int8 ``q - 128`` (the right operand of one
+#: ``torch._int_mm`` that makes a 1x1 conv of the whole batch), or the padded rows of
+#: ``int8_stem``: ``(N, OH + 2p, row_bytes, 1)`` uint8, pixel ``ow`` channel ``c`` of row ``oh``
+#: at ``[n, oh + p, (ow + p) * C + c]``, ``p = (out.shape[1] - OH) // 2`` (the border is left as
+#: it is: the caller fills it with the zero point).
+Q_NHWC_U8, Q_CNHW_S8, Q_PADDED_U8 = 0, 1, 2
 
 
 #: ``(v + 1.5 * 2^23) - 1.5 * 2^23`` rounds a float32 ``|v| < 2^22`` to an integer, half to even
@@ -1124,15 +1358,20 @@ def _quantize_task(task, x, pool, inv_scale, zero_point, layout, out):
             _avg_pool_row(plane, width, oh, values)
         else:
             values[:] = plane[oh * width : oh * width + out_w]
-        row = codes[c] if layout == Q_NHWC_U8 else out[c, n, oh]
-        flip = 0 if layout == Q_NHWC_U8 else 128  # q - 128 as int8 bits: q ^ 128
+        row = out[c, n, oh] if layout == Q_CNHW_S8 else codes[c]
+        flip = 128 if layout == Q_CNHW_S8 else 0  # q - 128 as int8 bits: q ^ 128
         for ow in range(out_w):
             row[ow] = np.uint8(np.int32(_quantize(values[ow], inv, z)) ^ flip)
-    if layout == Q_NHWC_U8:
-        dst = out[n, oh]
-        for ow in range(out_w):
-            for c in range(channels):
-                dst[ow, c] = codes[c, ow]
+    if layout == Q_CNHW_S8:
+        return
+    # the row's first pixel: (N, OH, OW, C), or inside the padding border of the padded rows
+    pad = (out.shape[1] - out_h) // 2 if layout == Q_PADDED_U8 else 0
+    row_len = out.shape[2] * out.shape[3]
+    start = (n * out.shape[1] + oh + pad) * row_len + pad * channels
+    dst = carray(_as_u8(out.ctypes.data + start), (out_w, channels))
+    for ow in range(out_w):
+        for c in range(channels):
+            dst[ow, c] = codes[c, ow]
 
 
 #: Arguments of ``quantize_u8``.
@@ -1164,7 +1403,8 @@ def quantize_u8(x, pool, inv_scale, zero_point, layout, out, launch):
     ``AvgPool2d(2, 2)(x)`` when ``pool`` (the pool bit-identical to ``avg_pool2``), in one
     pass: ``(N, OH, OW, C)`` ``q`` (``Q_NHWC_U8``; what an int8 conv's ``_quantized_input``
     and ``contiguous(memory_format=channels_last)`` give) or ``(C, N, OH, OW)`` ``q - 128``
-    as int8 bits (``Q_CNHW_S8``). ``inv_scale``: ``(1,)`` float32."""
+    as int8 bits (``Q_CNHW_S8``), or into the padded rows of ``int8_stem`` (``Q_PADDED_U8``).
+    ``inv_scale``: ``(1,)`` float32."""
     A = QuantizeArgs
     args = np.empty(A.SIZE, np.int64)
     _put_array(args, A.X, x)
@@ -1226,6 +1466,7 @@ _WORKERS = {
     "conv_int": _conv_int_worker,
     "half_block": _half_worker,
     "stem_tail": _stem_worker,
+    "int8_stem": _int8_stem_worker,
     "avg_pool2": _avg_pool_worker,
     "quantize_u8": _quantize_worker,
     "peak": _peak_worker,

@@ -31,7 +31,14 @@ from r2b.packed import kernels
 from r2b.packed.batchnorm import probe_affine
 from r2b.packed.bitpack import kernel_layout, n_words, pack_bits
 from r2b.packed.int8 import Dequantize, Int8Conv2d, Int8Linear, int_mm_exact
-from r2b.packed.kernels import BN_NONE, Q_CNHW_S8, Q_NHWC_U8, RES_DEQUANT, RES_PLAIN
+from r2b.packed.kernels import (
+    BN_NONE,
+    Q_CNHW_S8,
+    Q_NHWC_U8,
+    Q_PADDED_U8,
+    RES_DEQUANT,
+    RES_PLAIN,
+)
 from r2b.packed.parallel import kernel_threads, launch_info
 
 _NO_F32_1D = np.zeros(1, np.float32)
@@ -353,6 +360,12 @@ class PackedStem(nn.Module):
     always the same arithmetic (PyTorch picks other algorithms for some shapes), so for each input
     shape and thread count the first call runs both and keeps channels-last only when the outputs
     are bit-identical.
+
+    An int8 stem (``Int8Conv2d -> Dequantize``) on a CPU with AVX-512 VNNI runs as one compiled
+    pass instead (``kernels.int8_stem``): quantisation into a padded buffer, then per task the
+    conv rows its pool windows need (exact integer sums, converted to float32 once) and the same
+    tail, so the ``(N, H, W, C)`` float conv output never goes to memory. Elsewhere oneDNN's
+    int8 conv gives the same integers.
     """
 
     def __init__(
@@ -369,6 +382,7 @@ class PackedStem(nn.Module):
         self._pool = _pool_params(pool)
         self._channels_last_exact: dict[tuple, bool] = {}
         self._tiles: dict[int, tuple[np.ndarray, ...]] = {}
+        self._vnni = _vnni_weights(conv) if self.bn_mode != BN_NONE and self._pool else None
 
     def _tiled(self, width: int) -> tuple[np.ndarray, ...]:
         """BN coefficients, PReLU slopes and directions repeated along an input row of
@@ -396,6 +410,8 @@ class PackedStem(nn.Module):
         return fast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._vnni is not None:
+            return self._int8_forward(x)
         c = self._conv(x)
         if self.bn_mode == BN_NONE or self._pool is None:
             out = self.bn(c) if self.act is None else self.act(self.bn(c))
@@ -403,15 +419,64 @@ class PackedStem(nn.Module):
         nhwc = c.permute(0, 2, 3, 1)
         if not nhwc.is_contiguous():
             nhwc = nhwc.contiguous()
-        k, s, p = self._pool
         n, h, w = nhwc.shape[:3]
-        oh, ow = ((h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1) if k else (h, w)
-        out = torch.empty((n, nhwc.shape[3], oh, ow), dtype=torch.float32)
+        out = torch.empty((n, nhwc.shape[3], *_pooled_size(h, w, self._pool)), dtype=torch.float32)
         pool = np.array(self._pool, np.int64)
         a, b, slope, sgn = self._tiled(w)
         kernels.stem_tail(nhwc.numpy(), self.bn_mode, a, b, slope, sgn, pool, out.numpy(),
                           _launch("stem_tail"))  # fmt: skip
         return out
+
+    def _int8_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The int8 stem as one compiled pass (``kernels.int8_stem``) after the quantisation:
+        the same integer sums as ``Int8Conv2d.integer_sums``, then the same tail."""
+        conv, (wt, corr, q_len) = self.conv, self._vnni
+        n, c, h, w = x.shape
+        kh, kw = conv.weight_q.shape[2:]
+        p, s = conv.padding, conv.stride
+        conv_h, conv_w = (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1
+        # 3 bytes of slack a row: the tiles read 4 bytes at a time
+        z = int(conv.zero_point)
+        qp = np.full((n, h + 2 * p, (w + 2 * p) * c + 3, 1), z, np.uint8)
+        inv_scale = conv.inv_scale.detach().float().numpy()
+        kernels.quantize_u8(_f32(x), 0, inv_scale, z, Q_PADDED_U8, qp, _launch("quantize_u8"))
+        out = torch.empty((n, conv.out_channels, *_pooled_size(conv_h, conv_w, self._pool)),
+                          dtype=torch.float32)  # fmt: skip
+        geo = np.array([kh, q_len, s, c, conv_h, conv_w], np.int64)
+        a, b, slope, sgn = self._tiled(conv_w)
+        pool = np.array(self._pool, np.int64)
+        kernels.int8_stem(qp[..., 0], wt, corr, geo, self.bn_mode, a, b, slope, sgn, pool,
+                          out.numpy(), _launch("int8_stem"))  # fmt: skip
+        return out
+
+
+def _pooled_size(height: int, width: int, pool: tuple[int, int, int]) -> tuple[int, int]:
+    """The output size of the stem's max-pool ``(kernel, stride, padding)`` (kernel 0: none)."""
+    k, s, p = pool
+    if not k:
+        return height, width
+    return (height + 2 * p - k) // s + 1, (width + 2 * p - k) // s + 1
+
+
+def _vnni_weights(conv: nn.Module) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """``(wt, corr, q_len)`` of ``kernels.int8_stem`` for an int8 conv on a CPU with VNNI
+    (``None`` otherwise, or for the reference backend, or output channels not a multiple of
+    16): kernel row ``i``'s window of ``kw * C`` bytes as ``q_len = ceil(kw * C / 4)`` words of
+    4 int8 weights, in blocks of 64 (else 16) output channels, and ``corr = z * sum w_q``."""
+    if not isinstance(conv, Int8Conv2d) or conv.backend == "reference" or not kernels.has_vnni():
+        return None
+    out_ch, channels, kh, kw = conv.weight_q.shape
+    if out_ch % kernels.DOT_LANES:
+        return None
+    q_len = -(-kw * channels // 4)
+    window = torch.zeros(out_ch, kh, 4 * q_len, dtype=torch.int8)
+    # byte j * C + c of a row's window: tap j, channel c
+    window[:, :, : kw * channels] = conv.weight_q.permute(0, 2, 3, 1).reshape(out_ch, kh, -1)
+    block = 64 if out_ch % 64 == 0 else kernels.DOT_LANES
+    words = window.reshape(out_ch // block, block, kh * q_len, 4).permute(0, 2, 1, 3)
+    wt = np.ascontiguousarray(words.contiguous().numpy()).view(np.int32)[..., 0]
+    corr = (int(conv.zero_point) * conv.weight_q.to(torch.int32).sum(dim=(1, 2, 3))).numpy()
+    return np.ascontiguousarray(wt), np.ascontiguousarray(corr.astype(np.int32)), q_len
 
 
 class PackedDownsample(nn.Module):

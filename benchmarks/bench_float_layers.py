@@ -1,6 +1,10 @@
-"""Two parts of the packed engine's float layers, each against its alternative, in one process.
+"""Parts of the packed engine's float layers, each against its alternative, in one process.
 
     python benchmarks/bench_float_layers.py --threads 2 --tag zen4_2c
+
+- the whole int8 stem from the float image (quantise, conv, BN, PReLU, max-pool) as one compiled
+  VNNI pass (``kernels.int8_stem``, the engine's choice where the CPU has AVX-512 VNNI) and as
+  oneDNN's int8 conv followed by the compiled tail (skipped without VNNI);
 
 - the stem tail (``r2b.packed.kernels.stem_tail``: BN, PReLU, 3x3/2 max-pool of the stem conv's
   output) with the max-pool taken first (every channel monotone: the default) and last, on the
@@ -69,6 +73,26 @@ def stem_tail_pair(packed, batch: int):
     return run(sgn), run(np.zeros(0, np.float32))
 
 
+def int8_stem_pair(packed, batch: int):
+    """The int8 stem on one image batch: one VNNI pass, and oneDNN's conv then the tail."""
+    stem = packed.stem
+    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    fused = stem._vnni
+
+    def run(vnni):
+        def call():
+            stem._vnni = vnni
+            try:
+                return stem(x)
+            finally:
+                stem._vnni = fused
+
+        return call
+
+    assert torch.equal(run(fused)(), run(None)())
+    return run(fused), run(None)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
@@ -84,6 +108,10 @@ def main() -> None:
     rows = []
     with torch.inference_mode():
         for batch in (1, 8):
+            if packed.stem._vnni is not None:
+                vnni, onednn = _alternate(*int8_stem_pair(packed, batch), args.calls)
+                rows.append({"part": "int8 stem", "batch": batch, "variants": [
+                    "one VNNI pass", "oneDNN conv + tail"], "ms": [vnni, onednn]})  # fmt: skip
             first, last = _alternate(*stem_tail_pair(packed, batch), args.calls)
             rows.append({"part": "stem tail", "batch": batch, "variants": ["pool first",
                          "pool last"], "ms": [first, last]})  # fmt: skip

@@ -245,13 +245,17 @@ def test_int8_classifier_is_exact_integer_arithmetic(k, o, z):
 
 
 @pytest.mark.skipif(not int_mm_exact(), reason="torch._int_mm is missing or inexact here")
-def test_packed_classifier_equals_the_int8_classifier():
-    linear = _int8_linear(64, 12, 9, seed=1)
+@pytest.mark.parametrize("batch", [1, 2, 3])
+@pytest.mark.parametrize("k,o", [(64, 12), (512, 1000)])
+def test_packed_classifier_equals_the_int8_classifier(batch, k, o):
+    """Batch 1 too: its (1, K) codes must reach ``torch._int_mm`` as a row-major matrix (a
+    transposed (K, 1) view has strides (1, 1), which the CPU kernel misreads)."""
+    linear = _int8_linear(k, o, 9, seed=1)
     linear.inv_scale.fill_(2.0)
-    dequantize = Dequantize(12)
+    dequantize = Dequantize(o)
     dequantize.multiplier.uniform_(0.01, 0.1)
     dequantize.bias.uniform_(-1, 1)
-    x = _ties((3, 64), seed=6)
+    x = _ties((batch, k), seed=6)
     packed = PackedClassifier(linear, dequantize)
     linear.set_backend("reference")
     assert torch.equal(packed(x), dequantize(linear(x)))
@@ -273,7 +277,9 @@ def test_packed_int8_equals_its_reference(name, stem, size):
     with torch.inference_mode():
         expected, got = reference(x), packed(x)
         exact = to_packed(model)(x)
+        one_expected, one = reference(x[:1]), packed(x[:1])  # batch 1 has paths of its own
     assert torch.equal(got, expected)
+    assert torch.equal(one, one_expected)
     assert not torch.equal(got, exact)  # the float layers really are quantised
     # the downsample halves dequantised their int8 sums in the kernel (the fast path was taken)
     in_kernel = [i for i, h in enumerate(packed.halves) if h._res_vectors is not None]

@@ -552,7 +552,10 @@ class PackedClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, k = x.shape
         codes = _quantize_codes(self.linear, x.reshape(n, k, 1, 1), False, Q_CNHW_S8)
-        shifted = torch.from_numpy(codes).view(torch.int8).reshape(k, n).t()  # (N, K)
+        flat = torch.from_numpy(codes).view(torch.int8)
+        # (N, K); one row as a plain (1, K) matrix: the transposed view of (K, 1) has strides
+        # (1, 1), which torch._int_mm's CPU kernel misreads (garbage logits at batch 1)
+        shifted = flat.reshape(1, k) if n == 1 else flat.reshape(k, n).t()
         sums = torch._int_mm(shifted, self._weight_t).add_(self._shift)
         return self.dequantize(sums.float())
 

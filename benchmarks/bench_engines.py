@@ -286,6 +286,15 @@ def markdown(record: dict, name: str) -> str:
             + ", ".join(f"{k}: {v['quantize_nodes']} QuantizeLinear" for k, v in int8.items())
             + ").",
         ]
+    for key, check, reference in (
+        ("r2b", "equals_eval_model", "its eval model"),
+        ("r2b-int8", "equals_int8_reference", "its int8 reference"),
+    ):
+        equal = build.get(key, {}).get(check)
+        if equal:
+            batches = ", ".join(f"batch {b}: {'yes' if v else 'NO'}" for b, v in equal.items())
+            lines.append(f"`{key}.r2b` logits equal to {reference} bit for bit on random "
+                         f"inputs, checked before timing: {batches}.")  # fmt: skip
     ov = {r["row"]: r["info"] for r in record["results"] if r["row"].startswith("ov-")}
     if "ov-r2b" in ov:
         n_binary = ov["ov-r2b"].get("binary_convolutions")

@@ -189,3 +189,22 @@ def test_worker_env_sets_one_wait_setting():
     assert spin["GOMP_SPINCOUNT"] == "10000" and "OMP_WAIT_POLICY" not in spin
     assert active["OMP_WAIT_POLICY"] == "ACTIVE" and "GOMP_SPINCOUNT" not in active
     assert spin["OMP_NUM_THREADS"] == "2"
+
+
+def test_packed_files_are_checked_against_their_references_before_timing(tmp_path):
+    """The benchmark's r2b files: the exact one equals its eval model, the int8 one its int8
+    reference, at batch 1 and 8 (recorded in the build info); a different net does not."""
+    from networks import randomise
+
+    from r2b.models import create_model
+    from r2b.packed import to_packed
+
+    binary = randomise(create_model("r2b_resnet18", stage="bnn", stem="cifar", num_classes=10))
+    wanted = {"r2b.r2b", "r2b-int8.r2b"}
+    files, missing, info = be.build_artifacts(tmp_path, wanted, SIZE, CALIB, binary=binary,
+                                              log=lambda _: None)  # fmt: skip
+    assert not missing and set(files) == wanted
+    assert info["r2b"]["equals_eval_model"] == {"1": True, "8": True}
+    assert info["r2b-int8"]["equals_int8_reference"] == {"1": True, "8": True}
+    other = randomise(create_model("r2b_resnet18", stage="bnn", stem="cifar", num_classes=10), 9)
+    assert be.packed_equals_reference(to_packed(binary), other, SIZE) == {"1": False, "8": False}

@@ -322,6 +322,21 @@ def agreement(model, xml: Path, input_size: int, n: int = 8, seed: int = 1) -> d
     }
 
 
+def packed_equals_reference(packed, reference, input_size: int, batches=(1, 8), seed: int = 2):
+    """Whether the packed engine's logits equal ``reference``'s bit for bit (the eval model for
+    the exact engine, ``int8_reference`` for the int8 one) on random inputs at each batch size:
+    the timed file is checked before it is timed, so a fast wrong engine cannot pass."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    equal = {}
+    with torch.inference_mode():
+        for batch in batches:
+            x = torch.randn(batch, 3, input_size, input_size, generator=gen)
+            equal[str(batch)] = bool(torch.equal(packed(x), reference.eval()(x)))
+    return equal
+
+
 class _ArtifactBuild:
     """The state of one ``build_artifacts`` call: where the files go, whether the files of an
     earlier build may be reused (same stamp, no caller-given model), and what was written."""
@@ -392,7 +407,10 @@ class _ArtifactBuild:
         from r2b.packed import save, to_packed
 
         if packed is None:
-            packed = to_packed(self.binary(binary, seed))
+            binary = self.binary(binary, seed)
+            packed = to_packed(binary)
+            self.info["r2b"] = {"equals_eval_model": packed_equals_reference(
+                packed, binary, self.input_size)}  # fmt: skip
         save(packed, self.work_dir / "r2b.r2b")
         self.files["r2b.r2b"] = self.work_dir / "r2b.r2b"
 
@@ -402,9 +420,13 @@ class _ArtifactBuild:
         import torch
 
         from r2b.packed import save, to_packed
+        from r2b.packed.int8 import int8_reference
 
         calibration = [torch.from_numpy(x) for x in self.calibration()]
-        packed = to_packed(self.binary(binary, seed), "int8", calibration)
+        binary = self.binary(binary, seed)
+        packed = to_packed(binary, "int8", calibration)
+        self.info["r2b-int8"] = {"equals_int8_reference": packed_equals_reference(
+            packed, int8_reference(binary, calibration), self.input_size)}  # fmt: skip
         save(packed, self.work_dir / "r2b-int8.r2b")
         self.files["r2b-int8.r2b"] = self.work_dir / "r2b-int8.r2b"
 

@@ -89,6 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    env = be.orchestrator_env()
+    if env is not None:  # this process's own OpenMP threads must sleep: run it anew
+        return subprocess.run([sys.executable, __file__, *argv], env=env).returncode
     args = parse_args(argv)
     out = args.out_dir
     stem = out / f"engines_{args.tag}"

@@ -208,3 +208,27 @@ def test_packed_files_are_checked_against_their_references_before_timing(tmp_pat
     assert info["r2b-int8"]["equals_int8_reference"] == {"1": True, "8": True}
     other = randomise(create_model("r2b_resnet18", stage="bnn", stem="cifar", num_classes=10), 9)
     assert be.packed_equals_reference(to_packed(binary), other, SIZE) == {"1": False, "8": False}
+
+
+def test_an_active_wait_policy_makes_the_orchestrator_run_anew_with_sleeping_threads(monkeypatch):
+    """Its own idle OpenMP threads would spin through every measurement otherwise; workers get
+    their row's policy either way."""
+    from r2b.packed.cli import _bench_argv
+
+    for value, anew in (("ACTIVE", True), (" active", True), ("PASSIVE", False), (None, False)):
+        if value is None:
+            monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+        else:
+            monkeypatch.setenv("OMP_WAIT_POLICY", value)
+        env = be.orchestrator_env()
+        assert (env is not None) is anew
+        if anew:
+            assert env["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    config = be.Config("packed-r2b", 1, 2, "passive", False)
+    assert be.worker_env(config)["OMP_WAIT_POLICY"] == "PASSIVE"
+    argv = ["bench", "r2b_resnet18", "--against", "openvino", "--rounds", "2", "--batch", "8",
+            "--omp-wait-policy", "active"]  # fmt: skip
+    again = build_parser().parse_args(_bench_argv(build_parser().parse_args(argv)))
+    assert (again.against, again.rounds, again.batch, again.omp_wait_policy) == (
+        "openvino", 2, 8, "active")  # fmt: skip

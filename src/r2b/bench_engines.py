@@ -652,6 +652,17 @@ OMP_POLICIES = {
 }
 
 
+def orchestrator_env() -> dict[str, str] | None:
+    """The environment to run the orchestrating process anew in, or ``None`` when its own is
+    fine. The orchestrator does PyTorch work of its own (building the model files) and then
+    waits on the measurements; with ``OMP_WAIT_POLICY=ACTIVE`` inherited, its idle OpenMP
+    threads would spin on a core through every measurement (seen: every 2-thread figure of a
+    run slowed 2-3x). Each worker gets its row's own setting (``worker_env``) either way."""
+    if os.environ.get("OMP_WAIT_POLICY", "").strip().upper() != "ACTIVE":
+        return None
+    return dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+
+
 def worker_env(config: Config) -> dict[str, str]:
     """The process environment: the row's OpenMP wait setting (``OMP_POLICIES``), OMP_DYNAMIC
     unset, thread counts fixed."""

@@ -347,6 +347,10 @@ def _run_against(args: argparse.Namespace) -> int:
         )
     if args.rounds < 1:
         raise UserError("--rounds must be at least 1")
+    env = be.orchestrator_env()
+    if env is not None:  # this process's own OpenMP threads must sleep: run the command anew
+        return subprocess.run([sys.executable, "-m", "r2b.cli", *_bench_argv(args)],
+                              env=env).returncode  # fmt: skip
     import torch
 
     from r2b.models import default_input_size
@@ -372,13 +376,17 @@ def _run_against(args: argparse.Namespace) -> int:
 
 
 def _bench_argv(args: argparse.Namespace) -> list[str]:
-    """The ``r2b bench`` arguments that reproduce ``args`` (with the wait policy inherited)."""
+    """The ``r2b bench`` arguments that reproduce ``args`` (with the wait policy inherited, but
+    for ``--against``, whose policy choice is the packed engine's)."""
     argv = ["bench"] + ([args.model] if args.model else [])
-    for flag in ("batch", "threads", "input_size", "stem", "num_classes", "runs", "warmup"):
+    for flag in ("batch", "threads", "input_size", "stem", "num_classes", "runs", "warmup",
+                 "against", "rounds"):  # fmt: skip
         value = getattr(args, flag)
         if value is not None:
             argv += [f"--{flag.replace('_', '-')}", str(value)]
-    argv += ["--omp-wait-policy", "inherit", "--omp-dynamic", "inherit"]
+    policy = args.omp_wait_policy if args.against is not None else "inherit"
+    argv += ["--omp-wait-policy", policy] if policy else []
+    argv += ["--omp-dynamic", "inherit"]
     argv += ["--no-profile"] if args.no_profile else []
     argv += ["--json"] if args.json else []
     return argv

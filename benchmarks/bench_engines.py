@@ -277,7 +277,7 @@ def markdown(record: dict, name: str) -> str:
             lines += ["", "Packed slow-down over OpenVINO's (below 1: the packed engine degrades "
                       "less): " + "; ".join(ratios) + "."]  # fmt: skip
     build = record["build"]
-    int8 = {k: v for k, v in build.items() if k.endswith("-int8")}
+    int8 = {k: v for k, v in build.items() if k.endswith("-int8") and "quantize_nodes" in v}
     if int8:
         one = next(iter(int8.values()))
         lines += [
@@ -290,13 +290,13 @@ def markdown(record: dict, name: str) -> str:
             + ").",
         ]
     for key, check, reference in (
-        ("r2b", "equals_eval_model", "its eval model"),
-        ("r2b-int8", "equals_int8_reference", "its int8 reference"),
+        ("r2b.r2b", "equals_eval_model", "its eval model"),
+        ("r2b-int8.r2b", "equals_int8_reference", "its int8 reference"),
     ):
         equal = build.get(key, {}).get(check)
         if equal:
             batches = ", ".join(f"batch {b}: {'yes' if v else 'NO'}" for b, v in equal.items())
-            lines.append(f"`{key}.r2b` logits equal to {reference} bit for bit on random "
+            lines.append(f"`{key}` logits equal to {reference} bit for bit on random "
                          f"inputs, checked before timing: {batches}.")  # fmt: skip
     ov = {r["row"]: r["info"] for r in record["results"] if r["row"].startswith("ov-")}
     if "ov-r2b" in ov:

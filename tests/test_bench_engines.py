@@ -141,7 +141,8 @@ def test_benchmark_script_writes_json_markdown_and_plot(files, tmp_path, capsys)
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
     work = paths["resnet18-fp32.onnx"].parent  # same settings: the model files are reused
-    argv = ["--tag", "t", "--rows", "ort-fp32-resnet18,ov-fp32-resnet18", "--input-size",
+    argv = ["--tag", "t", "--rows", "ort-fp32-resnet18,ov-fp32-resnet18,packed-r2b-int8",
+            "--omp", "active", "--input-size",
             str(SIZE), "--batches", "1", "--threads", "1", "--contention-batches", "1",
             "--contention-threads", "1", "--rounds", "1", "--runs", "2", "--warmup", "1",
             "--calib-images", str(CALIB), "--out-dir", str(tmp_path),
@@ -156,9 +157,11 @@ def test_benchmark_script_writes_json_markdown_and_plot(files, tmp_path, capsys)
     assert set(record["load_average"]) >= {"before", "after"}
     assert record["versions"]["onnxruntime"] and record["versions"]["openvino"]
     assert all(m["top1"] and m["top1_source"] for m in record["rows"].values())
-    assert len(record["results"]) == 4 and len(record["contention"]) == 2
+    assert len(record["results"]) == 6 and len(record["contention"]) == 3
     md = (tmp_path / "engines_t.md").read_text()
     assert "| ONNX Runtime fp32 ResNet-18 | 69.758 |" in md and "slow-down" in md
+    assert "`r2b-int8.r2b` logits equal to its int8 reference bit for bit" in md
+    assert "batch 1: yes, batch 8: yes" in md
     assert (tmp_path / "engines_t.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "engines_t.partial.jsonl").exists()
     capsys.readouterr()
@@ -204,8 +207,8 @@ def test_packed_files_are_checked_against_their_references_before_timing(tmp_pat
     files, missing, info = be.build_artifacts(tmp_path, wanted, SIZE, CALIB, binary=binary,
                                               log=lambda _: None)  # fmt: skip
     assert not missing and set(files) == wanted
-    assert info["r2b"]["equals_eval_model"] == {"1": True, "8": True}
-    assert info["r2b-int8"]["equals_int8_reference"] == {"1": True, "8": True}
+    assert info["r2b.r2b"]["equals_eval_model"] == {"1": True, "8": True}
+    assert info["r2b-int8.r2b"]["equals_int8_reference"] == {"1": True, "8": True}
     other = randomise(create_model("r2b_resnet18", stage="bnn", stem="cifar", num_classes=10), 9)
     assert be.packed_equals_reference(to_packed(binary), other, SIZE) == {"1": False, "8": False}
 

@@ -409,7 +409,7 @@ class _ArtifactBuild:
         if packed is None:
             binary = self.binary(binary, seed)
             packed = to_packed(binary)
-            self.info["r2b"] = {"equals_eval_model": packed_equals_reference(
+            self.info["r2b.r2b"] = {"equals_eval_model": packed_equals_reference(
                 packed, binary, self.input_size)}  # fmt: skip
         save(packed, self.work_dir / "r2b.r2b")
         self.files["r2b.r2b"] = self.work_dir / "r2b.r2b"
@@ -425,7 +425,7 @@ class _ArtifactBuild:
         calibration = [torch.from_numpy(x) for x in self.calibration()]
         binary = self.binary(binary, seed)
         packed = to_packed(binary, "int8", calibration)
-        self.info["r2b-int8"] = {"equals_int8_reference": packed_equals_reference(
+        self.info["r2b-int8.r2b"] = {"equals_int8_reference": packed_equals_reference(
             packed, int8_reference(binary, calibration), self.input_size)}  # fmt: skip
         save(packed, self.work_dir / "r2b-int8.r2b")
         self.files["r2b-int8.r2b"] = self.work_dir / "r2b-int8.r2b"

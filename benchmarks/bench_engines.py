@@ -30,6 +30,7 @@ import argparse
 import datetime
 import json
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -210,6 +211,21 @@ def _lines(record: dict) -> list[tuple[str, str]]:
     return sorted(seen, key=lambda x: (order.index(x[0]), x[1] != "active"))
 
 
+def _measured_line(record: dict) -> str:
+    """When and under what load the measurements were taken: a resumed run's command, commit and
+    load average are those of its last invocation, the measurements' may be older."""
+    done = [m for m in record.get("measurements", []) if "load_average" in m]
+    commits = ", ".join(c[:10] for c in record.get("commits_measured", []))
+    if not done:
+        return f"Measurements taken at commit {commits}."
+    ones = sorted(m["load_average"][0][0] for m in done)
+    return (
+        f"Measurements taken at commit {commits}; the 1-minute load average when each began: "
+        f"{ones[0]:.2f} .. {ones[-1]:.2f}, median {statistics.median(ones):.2f} "
+        f"({len(done)} measurements; a busy process counts 1 during the contention rounds)."
+    )
+
+
 def markdown(record: dict, name: str) -> str:
     m, s = record["machine"], record["settings"]
     cols = [(b, t) for t in s["threads"] for b in s["batches"]]
@@ -231,6 +247,7 @@ def markdown(record: dict, name: str) -> str:
         f"{v['openvino']}, onnx {v['onnx']}, numba {v['numba']}, Python {v['python']}.",
         f"Load average (1/5/15 min) before {_fmt_load(load['before'])}, after "
         f"{_fmt_load(load['after'])}.",
+        _measured_line(record),
         "",
         f"Protocol: {record['protocol']} {s['rounds']} round{'s' * (s['rounds'] > 1)} of at most "
         f"{s['runs']} timed runs (after {s['warmup']} warm-up; timing stops after "

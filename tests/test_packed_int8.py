@@ -288,6 +288,23 @@ def test_packed_int8_equals_its_reference(name, stem, size):
     assert isinstance(packed.fc, PackedClassifier) == int_mm_exact()
 
 
+def test_int8_engine_with_one_pixel_maps_at_batch_1():
+    """ImageNet stem at 32 x 32: the last downsample's map is 1 x 1, so at batch 1 its
+    ``torch._int_mm`` operand is a (C, 1) matrix (strides (1, 1), the shape that broke the
+    classifier's one row); the engine still equals its reference."""
+    model = randomise(create_model("r2b_resnet18", stage="bnn", stem="imagenet", num_classes=10),
+                      seed=4)  # fmt: skip
+    calibration = _calibration(32)
+    packed, reference = to_packed(model, "int8", calibration), int8_reference(model, calibration)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        h = packed.stem(x)
+        for half in packed.halves:
+            h = half(h)
+        assert tuple(h.shape[2:]) == (1, 1)
+        assert torch.equal(packed(x), reference(x))
+
+
 def test_int8_file_round_trip(tmp_path):
     model = randomise(create_model("r2b_resnet18", stage="bnn", stem="imagenet", num_classes=10))
     packed = to_packed(model, "int8", _calibration(64))

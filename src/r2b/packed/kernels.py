@@ -274,6 +274,44 @@ def _fma(typingctx, x, a, b):
     return x(x, a, b), codegen
 
 
+def _accumulate_taps(builder, vec, n_pix, n_vec, xbase, xrow, wbase, kh, q_len, load_x, combine):
+    """The loop both register tiles share: ``n_pix * n_vec`` zeroed accumulator vectors, then for
+    each kernel row ``i < kh`` and word ``q < q_len`` the ``n_vec`` weight vectors at
+    ``wbase + (i * q_len + q) * width`` (``width = lanes * n_vec``), each pixel's input
+    ``load_x(row i of x, t, q)`` broadcast to every lane, and ``acc = combine(acc, x, w)``.
+    Returns the accumulators' slots, pixel-major (``t * n_vec + v``)."""
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    lanes = vec.count
+    width = lanes * n_vec
+    splat = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
+    w_align = vec.element.width // 8
+    slots = []
+    for _ in range(n_pix * n_vec):
+        slot = cgutils.alloca_once(builder, vec)
+        builder.store(ir.Constant(vec, [0] * lanes), slot)
+        slots.append(slot)
+    w_row = builder.mul(q_len, ir.Constant(i64, width))
+    with cgutils.for_range(builder, kh) as row_loop:
+        xi = builder.gep(xbase, [builder.mul(row_loop.index, xrow)])
+        wi = builder.gep(wbase, [builder.mul(row_loop.index, w_row)])
+        with cgutils.for_range(builder, q_len) as loop:
+            q = loop.index
+            wq = builder.gep(wi, [builder.mul(q, ir.Constant(i64, width))])
+            wv = []
+            for v in range(n_vec):
+                ptr = builder.bitcast(builder.gep(wq, [ir.Constant(i64, lanes * v)]),
+                                      vec.as_pointer())  # fmt: skip
+                wv.append(builder.load(ptr, align=w_align))
+            for t in range(n_pix):
+                xv = builder.insert_element(ir.Constant(vec, ir.Undefined), load_x(xi, t, q),
+                                            ir.Constant(i32, 0))  # fmt: skip
+                xv = builder.shuffle_vector(xv, ir.Constant(vec, ir.Undefined), splat)
+                for v in range(n_vec):
+                    slot = slots[t * n_vec + v]
+                    builder.store(combine(builder.load(slot), xv, wv[v]), slot)
+    return slots
+
+
 def _make_tile(n_pix: int, n_vec: int):
     """A numba intrinsic ``tile(xaddr, xpix, xrow, waddr, kh, q_len, out_addr, out_stride)``.
 
@@ -287,7 +325,6 @@ def _make_tile(n_pix: int, n_vec: int):
     contiguous pixels; the 8 x ``n_pix`` transpose happens in registers).
     """
     lanes = 8
-    width = lanes * n_vec
 
     def codegen(context, builder, signature, args):
         xaddr, xpix, xrow, waddr, kh, q_len, out_addr, out_stride = args
@@ -299,34 +336,16 @@ def _make_tile(n_pix: int, n_vec: int):
         xbase = builder.inttoptr(xaddr, i64.as_pointer())
         wbase = builder.inttoptr(waddr, i64.as_pointer())
         obase = builder.inttoptr(out_addr, i32.as_pointer())
-        splat = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
-        slots = []
-        for _ in range(n_pix * n_vec):
-            slot = cgutils.alloca_once(builder, vec)
-            builder.store(ir.Constant(vec, [0] * lanes), slot)
-            slots.append(slot)
-        w_row = builder.mul(q_len, ir.Constant(i64, width))
-        with cgutils.for_range(builder, kh) as row_loop:
-            xi = builder.gep(xbase, [builder.mul(row_loop.index, xrow)])
-            wi = builder.gep(wbase, [builder.mul(row_loop.index, w_row)])
-            with cgutils.for_range(builder, q_len) as loop:
-                q = loop.index
-                wq = builder.gep(wi, [builder.mul(q, ir.Constant(i64, width))])
-                wv = []
-                for v in range(n_vec):
-                    ptr = builder.bitcast(builder.gep(wq, [ir.Constant(i64, lanes * v)]),
-                                          vec.as_pointer())  # fmt: skip
-                    wv.append(builder.load(ptr, align=8))
-                for t in range(n_pix):
-                    off = builder.add(builder.mul(ir.Constant(i64, t), xpix), q)
-                    xs = builder.load(builder.gep(xi, [off]), align=8)
-                    xv = builder.insert_element(ir.Constant(vec, ir.Undefined), xs,
-                                                ir.Constant(i32, 0))  # fmt: skip
-                    xv = builder.shuffle_vector(xv, ir.Constant(vec, ir.Undefined), splat)
-                    for v in range(n_vec):
-                        slot = slots[t * n_vec + v]
-                        count = builder.call(ctpop, [builder.xor(xv, wv[v])])
-                        builder.store(builder.add(builder.load(slot), count), slot)
+
+        def load_x(xi, t, q):  # word q of pixel t: words apart
+            off = builder.add(builder.mul(ir.Constant(i64, t), xpix), q)
+            return builder.load(builder.gep(xi, [off]), align=8)
+
+        def mismatches(acc, xv, wv):
+            return builder.add(acc, builder.call(ctpop, [builder.xor(xv, wv)]))
+
+        slots = _accumulate_taps(builder, vec, n_pix, n_vec, xbase, xrow, wbase, kh, q_len,
+                                 load_x, mismatches)  # fmt: skip
         v32 = ir.VectorType(i32, lanes)
         for v in range(n_vec):
             counts = [builder.trunc(builder.load(slots[t * n_vec + v]), v32) for t in range(n_pix)]
@@ -390,7 +409,6 @@ def _make_dot_tile(n_pix: int, n_vec: int):
     Only on a CPU with AVX-512 VNNI (``has_vnni``): LLVM cannot lower the instruction elsewhere.
     """
     lanes = DOT_LANES
-    width = lanes * n_vec
 
     def codegen(context, builder, signature, args):
         xaddr, xpix, xrow, waddr, kh, q_len, out_addr, out_pix, corr_addr = args
@@ -403,36 +421,21 @@ def _make_dot_tile(n_pix: int, n_vec: int):
         wbase = builder.inttoptr(waddr, i32.as_pointer())
         obase = builder.inttoptr(out_addr, f32.as_pointer())
         cbase = builder.inttoptr(corr_addr, i32.as_pointer())
-        splat = ir.Constant(vec, [0] * lanes)
 
         def vector_at(base, offset, vtype):
             ptr = builder.gep(base, [offset])
             return builder.bitcast(ptr, vtype.as_pointer())
 
-        slots = []
-        for _ in range(n_pix * n_vec):
-            slot = cgutils.alloca_once(builder, vec)
-            builder.store(ir.Constant(vec, [0] * lanes), slot)
-            slots.append(slot)
-        w_row = builder.mul(q_len, ir.Constant(i64, width))
-        with cgutils.for_range(builder, kh) as row_loop:
-            xi = builder.gep(xbase, [builder.mul(row_loop.index, xrow)])
-            wi = builder.gep(wbase, [builder.mul(row_loop.index, w_row)])
-            with cgutils.for_range(builder, q_len) as loop:
-                q = loop.index
-                wq = builder.gep(wi, [builder.mul(q, ir.Constant(i64, width))])
-                wv = [builder.load(vector_at(wq, ir.Constant(i64, lanes * v), vec), align=4)
-                      for v in range(n_vec)]  # fmt: skip
-                for t in range(n_pix):
-                    off = builder.add(builder.mul(ir.Constant(i64, t), xpix),
-                                      builder.mul(q, ir.Constant(i64, 4)))  # fmt: skip
-                    xs = builder.load(vector_at(xi, off, i32), align=1)
-                    xv = builder.insert_element(ir.Constant(vec, ir.Undefined), xs,
-                                                ir.Constant(i32, 0))  # fmt: skip
-                    xv = builder.shuffle_vector(xv, ir.Constant(vec, ir.Undefined), splat)
-                    for v in range(n_vec):
-                        slot = slots[t * n_vec + v]
-                        builder.store(builder.call(dot, [builder.load(slot), xv, wv[v]]), slot)
+        def load_x(xi, t, q):  # bytes 4q .. 4q + 3 of pixel t's window: bytes apart
+            off = builder.add(builder.mul(ir.Constant(i64, t), xpix),
+                              builder.mul(q, ir.Constant(i64, 4)))  # fmt: skip
+            return builder.load(vector_at(xi, off, i32), align=1)
+
+        def products(acc, xv, wv):
+            return builder.call(dot, [acc, xv, wv])
+
+        slots = _accumulate_taps(builder, vec, n_pix, n_vec, xbase, xrow, wbase, kh, q_len,
+                                 load_x, products)  # fmt: skip
         corr = [builder.load(vector_at(cbase, ir.Constant(i64, lanes * v), vec), align=4)
                 for v in range(n_vec)]  # fmt: skip
         for t in range(n_pix):

@@ -436,10 +436,8 @@ class PackedStem(nn.Module):
         p, s = conv.padding, conv.stride
         conv_h, conv_w = (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1
         # 3 bytes of slack a row: the tiles read 4 bytes at a time
-        z = int(conv.zero_point)
-        qp = np.full((n, h + 2 * p, (w + 2 * p) * c + 3, 1), z, np.uint8)
-        inv_scale = conv.inv_scale.detach().float().numpy()
-        kernels.quantize_u8(_f32(x), 0, inv_scale, z, Q_PADDED_U8, qp, _launch("quantize_u8"))
+        border = np.full((n, h + 2 * p, (w + 2 * p) * c + 3, 1), int(conv.zero_point), np.uint8)
+        qp = _quantize_codes(conv, x, False, Q_PADDED_U8, out=border)
         out = torch.empty((n, conv.out_channels, *_pooled_size(conv_h, conv_w, self._pool)),
                           dtype=torch.float32)  # fmt: skip
         geo = np.array([kh, q_len, s, c, conv_h, conv_w], np.int64)
@@ -474,9 +472,9 @@ def _vnni_weights(conv: nn.Module) -> tuple[np.ndarray, np.ndarray, int] | None:
     window[:, :, : kw * channels] = conv.weight_q.permute(0, 2, 3, 1).reshape(out_ch, kh, -1)
     block = 64 if out_ch % 64 == 0 else kernels.DOT_LANES
     words = window.reshape(out_ch // block, block, kh * q_len, 4).permute(0, 2, 1, 3)
-    wt = np.ascontiguousarray(words.contiguous().numpy()).view(np.int32)[..., 0]
-    corr = (int(conv.zero_point) * conv.weight_q.to(torch.int32).sum(dim=(1, 2, 3))).numpy()
-    return np.ascontiguousarray(wt), np.ascontiguousarray(corr.astype(np.int32)), q_len
+    wt = np.ascontiguousarray(words.contiguous().numpy().view(np.int32)[..., 0])
+    corr = int(conv.zero_point) * conv.weight_q.sum(dim=(1, 2, 3), dtype=torch.int32)
+    return wt, corr.numpy(), q_len
 
 
 class PackedDownsample(nn.Module):
@@ -583,14 +581,16 @@ def quantized_input(conv: Int8Conv2d, x: torch.Tensor, pool: bool = False) -> to
     return torch.from_numpy(_quantize_codes(conv, x, pool, Q_NHWC_U8)).permute(0, 3, 1, 2)
 
 
-def _quantize_codes(conv: nn.Module, x: torch.Tensor, pool: bool, layout: int) -> np.ndarray:
+def _quantize_codes(
+    conv: nn.Module, x: torch.Tensor, pool: bool, layout: int, out: np.ndarray | None = None
+) -> np.ndarray:
     """``kernels.quantize_u8`` of ``x`` with the int8 layer ``conv``'s scale and zero point:
     ``(N, OH, OW, C)`` uint8 (``Q_NHWC_U8``) or ``(C, N, OH, OW)`` int8 bits of ``q - 128``
-    (``Q_CNHW_S8``)."""
+    (``Q_CNHW_S8``), a new array; or into ``out``, the padded rows of ``Q_PADDED_U8``."""
     n, c, h, w = x.shape
     oh, ow = (h // 2, w // 2) if pool else (h, w)
     shape = (n, oh, ow, c) if layout == Q_NHWC_U8 else (c, n, oh, ow)
-    q = np.empty(shape, np.uint8)
+    q = np.empty(shape, np.uint8) if out is None else out
     inv_scale = conv.inv_scale.detach().float().numpy()
     kernels.quantize_u8(_f32(x), int(pool), inv_scale, int(conv.zero_point), layout, q,
                         _launch("quantize_u8"))  # fmt: skip

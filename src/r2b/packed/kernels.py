@@ -1059,24 +1059,50 @@ def _stem_row_monotone(rows, n_src, height, oh, mode, bn_a, bn_b, slope, sgn, po
     _store_channels_first(best, out, n, oh)
 
 
-#: Arguments of ``stem_tail``.
-StemArgs = arg_layout("StemArgs", [
-    ("conv", 4), ("bn_a", 1), ("bn_b", 1), ("slope", 1), ("sgn", 1), ("out", 4),
+#: The stem tail's arguments, the same run of slots in ``stem_tail`` and ``int8_stem``.
+_TAIL_FIELDS = [
+    ("bn_a", 1), ("bn_b", 1), ("slope", 1), ("sgn", 1), ("out", 4),
     ("mode", 0), ("pool_k", 0), ("pool_s", 0), ("pool_p", 0),
-])  # fmt: skip
+]  # fmt: skip
+#: Their slots relative to the first (``_put_tail`` / ``_get_tail`` add a layout's ``BN_A``).
+_TAIL = arg_layout("TailArgs", _TAIL_FIELDS)
+_T0 = _TAIL.BN_A
+
+#: Arguments of ``stem_tail``.
+StemArgs = arg_layout("StemArgs", [("conv", 4), *_TAIL_FIELDS])
+
+
+@njit(inline="always")
+def _put_tail(args, at, mode, bn_a, bn_b, slope, sgn, pool, out):
+    """The stem tail's arguments into ``args`` from slot ``at`` (a layout's ``BN_A``)."""
+    _put_array(args, at + _TAIL.BN_A - _T0, bn_a)
+    _put_array(args, at + _TAIL.BN_B - _T0, bn_b)
+    _put_array(args, at + _TAIL.SLOPE - _T0, slope)
+    _put_array(args, at + _TAIL.SGN - _T0, sgn)
+    _put_array(args, at + _TAIL.OUT - _T0, out)
+    args[at + _TAIL.MODE - _T0] = mode
+    args[at + _TAIL.POOL_K - _T0 : at + _TAIL.POOL_P - _T0 + 1] = pool
+
+
+@njit(inline="always")
+def _get_tail(args, at):
+    """``(mode, bn_a, bn_b, slope, sgn, pool, out)`` written by ``_put_tail`` at slot ``at``."""
+    return (
+        args[at + _TAIL.MODE - _T0],
+        _get_f32_1d(args, at + _TAIL.BN_A - _T0),
+        _get_f32_1d(args, at + _TAIL.BN_B - _T0),
+        _get_f32_1d(args, at + _TAIL.SLOPE - _T0),
+        _get_f32_1d(args, at + _TAIL.SGN - _T0),
+        args[at + _TAIL.POOL_K - _T0 : at + _TAIL.POOL_P - _T0 + 1],
+        _get_f32_4d(args, at + _TAIL.OUT - _T0),
+    )
 
 
 def _stem_worker(data):
     A = StemArgs
     args = _args_view(data, A.SIZE)
     conv = _get_f32_4d(args, A.CONV)
-    bn_a = _get_f32_1d(args, A.BN_A)
-    bn_b = _get_f32_1d(args, A.BN_B)
-    slope = _get_f32_1d(args, A.SLOPE)
-    sgn = _get_f32_1d(args, A.SGN)
-    out = _get_f32_4d(args, A.OUT)
-    mode = args[A.MODE]
-    pool = args[A.POOL_K : A.POOL_P + 1]
+    mode, bn_a, bn_b, slope, sgn, pool, out = _get_tail(args, A.BN_A)
     n_tasks = args[ARG_N_TASKS]
     task = _next_task(args)
     while task < n_tasks:
@@ -1095,13 +1121,7 @@ def stem_tail(conv, mode, bn_a, bn_b, slope, sgn, pool, out, launch):
     A = StemArgs
     args = np.empty(A.SIZE, np.int64)
     _put_array(args, A.CONV, conv)
-    _put_array(args, A.BN_A, bn_a)
-    _put_array(args, A.BN_B, bn_b)
-    _put_array(args, A.SLOPE, slope)
-    _put_array(args, A.SGN, sgn)
-    _put_array(args, A.OUT, out)
-    args[A.MODE] = mode
-    args[A.POOL_K : A.POOL_P + 1] = pool
+    _put_tail(args, A.BN_A, mode, bn_a, bn_b, slope, sgn, pool, out)
     _run_parallel(args, out.shape[0] * out.shape[2], launch, conv.size // 2)
 
 
@@ -1163,8 +1183,7 @@ def _int8_stem_task(task, qp, wt, corr, geo, mode, bn_a, bn_b, slope, sgn, pool,
 
 #: Arguments of ``int8_stem``.
 Int8StemArgs = arg_layout("Int8StemArgs", [
-    ("qp", 3), ("wt", 3), ("corr", 1), ("bn_a", 1), ("bn_b", 1), ("slope", 1), ("sgn", 1),
-    ("out", 4), ("mode", 0), ("pool_k", 0), ("pool_s", 0), ("pool_p", 0),
+    ("qp", 3), ("wt", 3), ("corr", 1), *_TAIL_FIELDS,
     ("kh", 0), ("q_len", 0), ("stride", 0), ("channels", 0), ("conv_h", 0), ("conv_w", 0),
     ("group", 0),
 ])  # fmt: skip
@@ -1176,13 +1195,7 @@ def _int8_stem_worker(data):
     qp = carray(_as_u8(args[A.QP]), (args[A.QP + 1], args[A.QP + 2], args[A.QP + 3]))
     wt = _get_i32_3d(args, A.WT)
     corr = carray(_as_i32(args[A.CORR]), (args[A.CORR + 1],))
-    bn_a = _get_f32_1d(args, A.BN_A)
-    bn_b = _get_f32_1d(args, A.BN_B)
-    slope = _get_f32_1d(args, A.SLOPE)
-    sgn = _get_f32_1d(args, A.SGN)
-    out = _get_f32_4d(args, A.OUT)
-    mode = args[A.MODE]
-    pool = args[A.POOL_K : A.POOL_P + 1]
+    mode, bn_a, bn_b, slope, sgn, pool, out = _get_tail(args, A.BN_A)
     geo = args[A.KH : A.GROUP + 1]
     n_tasks = args[ARG_N_TASKS]
     task = _next_task(args)
@@ -1212,13 +1225,7 @@ def int8_stem(qp, wt, corr, geo, mode, bn_a, bn_b, slope, sgn, pool, out, launch
     _put_array(args, A.QP, qp)
     _put_array(args, A.WT, wt)
     _put_array(args, A.CORR, corr)
-    _put_array(args, A.BN_A, bn_a)
-    _put_array(args, A.BN_B, bn_b)
-    _put_array(args, A.SLOPE, slope)
-    _put_array(args, A.SGN, sgn)
-    _put_array(args, A.OUT, out)
-    args[A.MODE] = mode
-    args[A.POOL_K : A.POOL_P + 1] = pool
+    _put_tail(args, A.BN_A, mode, bn_a, bn_b, slope, sgn, pool, out)
     args[A.KH : A.CONV_W + 1] = geo
     out_h = out.shape[2]
     group = 4
